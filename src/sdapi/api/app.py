@@ -1,0 +1,47 @@
+"""The app factory: `create_app(settings)` builds a fresh app; nothing is built at import."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from sdapi import __version__
+from sdapi.api import errors, files, health
+from sdapi.api.state import AppState
+from sdapi.api.submissions import Submissions
+from sdapi.api.v3 import routes as v3
+from sdapi.backends import Backends, open_backends
+from sdapi.safeurl import UrlPolicy
+from sdapi.settings import Settings
+
+DESCRIPTION = """A self-hosted image-generation server speaking the Stable Diffusion API v3.
+
+Every call is a POST with the API key in the body (`key`), a `key` header or
+`Authorization: Bearer`. Bodies may be JSON or form data; numbers may be strings and flags
+"yes"/"no". Application errors answer HTTP 200 with `status: "error"` (as the real API does)
+unless the server runs with `--http-errors`. Job statuses on the wire: `success`, `processing`,
+`error`, `failed`.
+"""
+
+
+def create_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
+    """An app serving `settings`; `backends` are opened from the settings' URLs when not given."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        opened = backends or open_backends(settings)
+        policy = UrlPolicy.from_entries(settings.allow_hosts)
+        app.state.sdapi = AppState(settings, opened, Submissions(settings, opened, policy))
+        try:
+            yield
+        finally:
+            if backends is None:
+                opened.close()
+
+    app = FastAPI(title="sdapi", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    errors.install(app, http_errors=settings.http_errors)
+    for router in (health.router, v3.router, files.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,171 @@
+"""The v3 request fields and the exact strings of v3 answers (spec sections 3-7, 11)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from sdapi.api.v3.fields import Field, read_fields
+from sdapi.engine.schedulers import SCHEDULERS
+from sdapi.jobs import Task
+from sdapi.settings import Settings
+
+#: Verbatim wire strings that clients compare (spec 11.1a, 15).
+PROCESSING_MESSAGE = "Try to fetch request after given estimated time"
+PROCESSING_TIP = "for faster speed, keep resolution upto 512x512"
+FETCH_PROCESSING_MESSAGE = "try again later."
+FETCH_PROCESSING_TIP = (
+    "Your image is processing in background, you can get this image using fetch API"
+)
+FAILED_MESSAGE = "Failed, Try Again"
+
+MAX_SAMPLES = 4
+MAX_PROMPT_CHARS = 5000
+MAX_SEED = 2**64 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationParams:
+    """A generation request as the client sent it, coerced and range-checked."""
+
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    samples: int
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int | None
+    scheduler: str | None
+    strength: float
+    init_image: str | None
+    mask_image: str | None
+    track_id: str | None
+    webhook: str | None
+    instant_response: bool
+
+
+def generation_fields(settings: Settings, task: Task) -> list[Field]:
+    """The fields a generation route reads; image fields are required where the task needs them."""
+    needs_init = task in (Task.IMG2IMG, Task.INPAINT)
+    return [
+        Field(
+            "prompt", "str", required=True, max_length=MAX_PROMPT_CHARS, description="What to draw."
+        ),
+        Field(
+            "negative_prompt",
+            "str",
+            default="",
+            max_length=MAX_PROMPT_CHARS,
+            description="What to keep out of the image.",
+        ),
+        Field(
+            "width",
+            "int",
+            default=512,
+            minimum=64,
+            maximum=settings.max_width,
+            multiple_of=8,
+            description="Output width in pixels, a multiple of 8.",
+        ),
+        Field(
+            "height",
+            "int",
+            default=512,
+            minimum=64,
+            maximum=settings.max_height,
+            multiple_of=8,
+            description="Output height in pixels, a multiple of 8.",
+        ),
+        Field(
+            "samples",
+            "int",
+            default=1,
+            minimum=1,
+            maximum=MAX_SAMPLES,
+            description="Number of images.",
+        ),
+        Field(
+            "num_inference_steps",
+            "int",
+            default=20,
+            minimum=1,
+            maximum=settings.max_steps,
+            aliases=("steps",),
+            description="Denoising steps.",
+        ),
+        Field(
+            "guidance_scale",
+            "float",
+            default=7.5,
+            minimum=1,
+            maximum=20,
+            description="Classifier-free guidance scale.",
+        ),
+        # -1 means "random" in A1111-style clients; 0..2**64-1 otherwise.
+        Field(
+            "seed",
+            "int",
+            minimum=-1,
+            maximum=MAX_SEED,
+            description="Seed for reproducible images; null or -1 picks one.",
+        ),
+        Field(
+            "scheduler",
+            "str",
+            choices=frozenset(SCHEDULERS),
+            description="Sampler; the model's default when absent.",
+        ),
+        Field(
+            "strength",
+            "float",
+            default=0.7,
+            minimum=0,
+            maximum=1,
+            aliases=("prompt_strength",),
+            description="img2img/inpaint: 1.0 replaces the init image entirely.",
+        ),
+        Field(
+            "init_image",
+            "str",
+            required=needs_init,
+            description="Source image: an http(s) URL, a data URI or base64.",
+        ),
+        Field(
+            "mask_image",
+            "str",
+            required=task is Task.INPAINT,
+            description="Inpaint mask (white = repaint): an http(s) URL, a data URI or base64.",
+        ),
+        Field("track_id", "str", max_length=255, description="Returned with the webhook call."),
+        Field(
+            "webhook",
+            "str",
+            max_length=2048,
+            description="URL to POST the result to when the job ends (stored).",
+        ),
+        Field(
+            "instant_response",
+            "flag",
+            default=False,
+            description="Answer `processing` at once instead of waiting for the image.",
+        ),
+    ]
+
+
+def read_generation(body: dict[str, Any], settings: Settings, task: Task) -> GenerationParams:
+    values = read_fields(body, generation_fields(settings, task))
+    if values["seed"] == -1:
+        values["seed"] = None
+    # Image fields a task has no use for are ignored, like any unknown field.
+    if task is not Task.INPAINT:
+        values["mask_image"] = None
+    if task is Task.TEXT2IMG:
+        values["init_image"] = None
+    names = {f.name for f in fields(GenerationParams)}
+    return GenerationParams(**{k: v for k, v in values.items() if k in names})
+
+
+FETCH_FIELDS = [
+    Field("request_id", "int", minimum=0, description="Job id (or put it in the path).")
+]

@@ -1,0 +1,124 @@
+"""The v3 routes: thin handlers that read, authenticate, call the service, and answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from sdapi.api.auth import authenticate
+from sdapi.api.body import read_body
+from sdapi.api.state import AppState, state_of
+from sdapi.api.v3 import translate
+from sdapi.api.v3.fields import json_schema, read_fields
+from sdapi.api.v3.protocol import FETCH_FIELDS, generation_fields, read_generation
+from sdapi.auth.keys import ApiKey
+from sdapi.errors import JobNotFound
+from sdapi.eta import job_eta, queue_time
+from sdapi.jobs import Job, JobStatus, Task
+from sdapi.queue.base import rate_key
+from sdapi.settings import Settings
+
+router = APIRouter(prefix="/api/v3", tags=["v3"])
+
+
+async def _caller(request: Request) -> tuple[AppState, dict[str, Any], ApiKey]:
+    state = state_of(request)
+    body = await read_body(request)
+    key = await authenticate(request, body, state.backends.keys)
+    return state, body, key
+
+
+async def _generate(request: Request, task: Task) -> dict[str, Any]:
+    state, body, key = await _caller(request)
+    params = read_generation(body, state.settings, task)
+    job = await run_in_threadpool(state.submissions.create, key, task, params)
+    timeout = 0.0 if params.instant_response else state.settings.sync_timeout
+    job = await state.submissions.wait(job, timeout)
+    eta = await run_in_threadpool(job_eta, state.backends.queue, job)
+    return translate.submitted(
+        job, eta, translate.Links(state.base_url(request), state.backends.images)
+    )
+
+
+def _body_doc(task: Task) -> dict[str, Any]:
+    fields = generation_fields(Settings(), task)
+    schema = json_schema(fields)
+    schema["properties"]["key"] = {"type": "string", "description": "Your API key."}
+    content = {"schema": schema}
+    return {
+        "requestBody": {
+            "content": {"application/json": content, "application/x-www-form-urlencoded": content}
+        }
+    }
+
+
+@router.post(
+    "/text2img", summary="Generate images from a prompt", openapi_extra=_body_doc(Task.TEXT2IMG)
+)
+async def text2img(request: Request) -> dict[str, Any]:
+    return await _generate(request, Task.TEXT2IMG)
+
+
+@router.post(
+    "/img2img",
+    summary="Generate images from an image and a prompt",
+    openapi_extra=_body_doc(Task.IMG2IMG),
+)
+async def img2img(request: Request) -> dict[str, Any]:
+    return await _generate(request, Task.IMG2IMG)
+
+
+@router.post(
+    "/inpaint", summary="Repaint the masked part of an image", openapi_extra=_body_doc(Task.INPAINT)
+)
+async def inpaint(request: Request) -> dict[str, Any]:
+    return await _generate(request, Task.INPAINT)
+
+
+async def _fetch(request: Request, raw_id: Any) -> dict[str, Any]:
+    state, body, key = await _caller(request)
+    if raw_id is None:
+        raw_id = read_fields(body, FETCH_FIELDS)["request_id"]
+    job = await run_in_threadpool(_own_job, state, key, raw_id)
+    queue = state.backends.queue
+    eta = await run_in_threadpool(job_eta, queue, job)
+    place = (
+        await run_in_threadpool(queue.position, job.id) if job.status is JobStatus.QUEUED else None
+    )
+    links = translate.Links(state.base_url(request), state.backends.images)
+    return translate.fetched(job, eta, links, position=place[0] if place else None)
+
+
+def _own_job(state: AppState, key: ApiKey, raw_id: Any) -> Job:
+    """The caller's job; another key's job is as unknown as a missing one."""
+    try:
+        job_id = int(str(raw_id).strip())
+    except ValueError:
+        raise JobNotFound from None
+    job = state.backends.queue.get(job_id)
+    if job is None or job.owner != key.id:
+        raise JobNotFound
+    return job
+
+
+@router.post("/fetch/{job_id}", summary="Result of a queued job")
+async def fetch_by_path(request: Request, job_id: str) -> dict[str, Any]:
+    return await _fetch(request, job_id)
+
+
+@router.post("/fetch", summary="Result of a queued job, id as request_id in the body")
+async def fetch_by_body(request: Request) -> dict[str, Any]:
+    return await _fetch(request, None)
+
+
+@router.post("/system_load", summary="Queue depth and the time to drain it")
+async def system_load(request: Request) -> dict[str, Any]:
+    state, _, _ = await _caller(request)
+    queue = state.backends.queue
+    stats = await run_in_threadpool(queue.stats)
+    default_key = rate_key(state.settings.model, Task.TEXT2IMG)
+    seconds = await run_in_threadpool(queue_time, queue, default_key)
+    return {"queue_num": stats.queued + stats.processing, "queue_time": seconds, "status": "ok"}

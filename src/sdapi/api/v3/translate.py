@@ -1,0 +1,136 @@
+"""Jobs to v3 answers. The only place that knows how a v3 response is spelled.
+
+Shapes follow spec section 11 and the checklist in section 15: `id` is an int, `eta` and
+`generationTime` are floats, `output` is always a list (typed clients break on ""), `messege`
+(sic) rides beside `message`, and every URL is absolute on this server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sdapi.api.v3.protocol import (
+    FAILED_MESSAGE,
+    FETCH_PROCESSING_MESSAGE,
+    FETCH_PROCESSING_TIP,
+    PROCESSING_MESSAGE,
+    PROCESSING_TIP,
+)
+from sdapi.jobs import Job, JobStatus, Task
+from sdapi.storage.base import ImageStore
+
+
+@dataclass(frozen=True, slots=True)
+class Links:
+    """Builds the absolute URLs of one request's answer."""
+
+    base_url: str
+    images: ImageStore
+
+    def image(self, name: str) -> str:
+        return self.images.url(name, self.base_url)
+
+    def outputs(self, job: Job) -> list[str]:
+        return [self.image(name) for name in job.output_names]
+
+    def fetch(self, job: Job) -> str:
+        return f"{self.base_url.rstrip('/')}/api/v3/fetch/{job.id}"
+
+
+def meta(job: Job, links: Links) -> dict[str, Any]:
+    """The parameters the job was generated with (spec 11.4), only ones sdapi really used."""
+    r = job.request
+    data: dict[str, Any] = {
+        "H": r.height,
+        "W": r.width,
+        "prompt": r.prompt,
+        "negative_prompt": r.negative_prompt,
+        "n_samples": r.samples,
+        "steps": r.steps,
+        "guidance_scale": r.guidance_scale,
+        "seed": r.seed,
+        "model": r.model,
+        "scheduler": r.scheduler or "default",
+        "file_prefix": job.echo.get("file_prefix", ""),
+        # Both spellings: typed clients read one or the other (spec 11.4). No checker ran.
+        "safetychecker": "no",
+        "safety_checker": "no",
+    }
+    if r.task is not Task.TEXT2IMG:
+        data["strength"] = r.strength
+        data["init_image"] = _echo_image(job, links, "init_image", r.init_image)
+    if r.task is Task.INPAINT:
+        data["mask_image"] = _echo_image(job, links, "mask_image", r.mask_image)
+    if job.track_id is not None:
+        data["track_id"] = job.track_id
+    if job.webhook is not None:
+        data["webhook"] = job.webhook
+    return data
+
+
+def _echo_image(job: Job, links: Links, field: str, stored: str | None) -> str | None:
+    # The URL the client gave, or the stored copy's URL when it sent base64 (never echo base64).
+    given = job.echo.get(field)
+    return given if given else (links.image(stored) if stored else None)
+
+
+def submitted(job: Job, eta: float, links: Links) -> dict[str, Any]:
+    """The answer to a generation call: success if done within the sync window, else processing."""
+    if job.status is JobStatus.PROCESSING or job.status is JobStatus.QUEUED:
+        return {
+            "status": "processing",
+            "tip": PROCESSING_TIP,
+            "eta": round(eta, 2),
+            "messege": PROCESSING_MESSAGE,
+            "message": PROCESSING_MESSAGE,
+            "fetch_result": links.fetch(job),
+            "id": job.id,
+            "output": [],
+            "meta": meta(job, links),
+            "webhook_status": "",
+            "future_links": links.outputs(job),
+        }
+    return fetched(job, eta, links, position=None)
+
+
+def fetched(job: Job, eta: float, links: Links, *, position: int | None) -> dict[str, Any]:
+    """The answer to fetch: processing (with eta, progress, place in line), success or failed."""
+    if job.status is JobStatus.SUCCESS:
+        return {
+            "status": "success",
+            "generationTime": job.generation_seconds or 0.0,
+            "id": job.id,
+            "output": links.outputs(job),
+            "meta": meta(job, links),
+            "future_links": links.outputs(job),
+        }
+    if job.status.is_terminal:
+        return failed(job)
+    answer: dict[str, Any] = {
+        "status": "processing",
+        "messege": FETCH_PROCESSING_MESSAGE,
+        "message": FETCH_PROCESSING_MESSAGE,
+        "eta": round(eta, 2),
+        "id": job.id,
+        "output": [],
+        "tip": FETCH_PROCESSING_TIP,
+        "future_links": links.outputs(job),
+        # Beyond v3: where the job stands (issue: honest waiting). Extra fields break no client.
+        "progress": round(job.progress, 3),
+    }
+    if position is not None:
+        answer["queue_position"] = position
+    return answer
+
+
+def failed(job: Job) -> dict[str, Any]:
+    return {
+        "status": "failed",
+        "id": job.id,
+        "message": FAILED_MESSAGE,
+        "messege": FAILED_MESSAGE,
+        "output": [],
+        # The reason, beside the exact wire text.
+        "error": job.error or f"the job ended as {job.status}",
+    }

@@ -1,0 +1,102 @@
+"""API keys: generation, hashing, and the `KeyStore` port with its memory backend.
+
+Keys are 48 random alphanumeric characters (form- and header-safe). Only their SHA-256 is
+stored: a key has 285 bits of entropy, so a fast hash is as safe as a slow one and keeps every
+request's lookup cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import string
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+KEY_ALPHABET = string.ascii_letters + string.digits
+KEY_LENGTH = 48
+#: Characters of the key kept in clear so an operator can tell keys apart in `keys list`.
+PREFIX_LENGTH = 6
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    name: str
+    key_prefix: str
+    created_at: float
+    revoked_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+def generate_key() -> str:
+    return "".join(secrets.choice(KEY_ALPHABET) for _ in range(KEY_LENGTH))
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def new_key_id() -> str:
+    return "key_" + secrets.token_hex(6)
+
+
+def same_hash(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+class KeyStore(Protocol):
+    def create(self, name: str) -> tuple[ApiKey, str]:
+        """Store a new key; returns it with the secret, which is never retrievable again."""
+        ...
+
+    def verify(self, secret: str) -> ApiKey | None:
+        """The active key with this secret, or None (unknown or revoked)."""
+        ...
+
+    def list(self) -> list[ApiKey]: ...
+
+    def revoke(self, key_id_or_prefix: str) -> ApiKey | None:
+        """Revoke by id (or by the unique key prefix); None when nothing matched."""
+        ...
+
+
+class MemoryKeyStore:
+    def __init__(self) -> None:
+        self._keys: dict[str, tuple[ApiKey, str]] = {}
+        self._lock = threading.Lock()
+
+    def create(self, name: str) -> tuple[ApiKey, str]:
+        secret = generate_key()
+        key = ApiKey(new_key_id(), name, secret[:PREFIX_LENGTH], time.time())
+        with self._lock:
+            self._keys[key.id] = (key, hash_key(secret))
+        return key, secret
+
+    def verify(self, secret: str) -> ApiKey | None:
+        digest = hash_key(secret)
+        for key, stored in self._keys.values():
+            if same_hash(stored, digest) and key.active:
+                return key
+        return None
+
+    def list(self) -> list[ApiKey]:
+        return sorted((k for k, _ in self._keys.values()), key=lambda k: k.created_at)
+
+    def revoke(self, key_id_or_prefix: str) -> ApiKey | None:
+        with self._lock:
+            matches = [
+                (k, h) for k, h in self._keys.values() if key_id_or_prefix in (k.id, k.key_prefix)
+            ]
+            if len(matches) != 1:
+                return None
+            key, digest = matches[0]
+            revoked = replace(key, revoked_at=key.revoked_at or time.time())
+            self._keys[key.id] = (revoked, digest)
+        return revoked

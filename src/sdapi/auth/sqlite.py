@@ -1,0 +1,66 @@
+"""API keys kept in the SQLite database beside the jobs."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from sdapi.auth.keys import (
+    PREFIX_LENGTH,
+    ApiKey,
+    generate_key,
+    hash_key,
+    new_key_id,
+    same_hash,
+)
+from sdapi.database.sqlite import SQLiteDatabase
+
+
+class SQLiteKeyStore:
+    def __init__(self, db: SQLiteDatabase) -> None:
+        self.db = db
+
+    def create(self, name: str) -> tuple[ApiKey, str]:
+        secret = generate_key()
+        key = ApiKey(new_key_id(), name, secret[:PREFIX_LENGTH], time.time())
+        with self.db.write() as conn:
+            conn.execute(
+                "INSERT INTO api_keys (id, name, key_hash, key_prefix, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (key.id, key.name, hash_key(secret), key.key_prefix, key.created_at),
+            )
+        return key, secret
+
+    def verify(self, secret: str) -> ApiKey | None:
+        digest = hash_key(secret)
+        row = (
+            self.db.connection()
+            .execute("SELECT * FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", (digest,))
+            .fetchone()
+        )
+        if row is None or not same_hash(row["key_hash"], digest):
+            return None
+        return _key(row)
+
+    def list(self) -> list[ApiKey]:
+        rows = self.db.connection().execute("SELECT * FROM api_keys ORDER BY created_at")
+        return [_key(row) for row in rows]
+
+    def revoke(self, key_id_or_prefix: str) -> ApiKey | None:
+        with self.db.write() as conn:
+            rows = conn.execute(
+                "SELECT * FROM api_keys WHERE id = ? OR key_prefix = ?",
+                (key_id_or_prefix, key_id_or_prefix),
+            ).fetchall()
+            if len(rows) != 1:
+                return None
+            conn.execute(
+                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?",
+                (time.time(), rows[0]["id"]),
+            )
+            row = conn.execute("SELECT * FROM api_keys WHERE id = ?", (rows[0]["id"],)).fetchone()
+        return _key(row)
+
+
+def _key(row: sqlite3.Row) -> ApiKey:
+    return ApiKey(row["id"], row["name"], row["key_prefix"], row["created_at"], row["revoked_at"])

@@ -1,0 +1,206 @@
+"""The `sdapi` command: serve, worker, keys, migrate.
+
+Each flag maps to a `Settings` field and so also has an `SDAPI_<NAME>` variable; a flag given on
+the command line wins over the environment. Bad configuration ends with one clear line.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import click
+from pydantic import ValidationError
+
+from sdapi import __version__
+from sdapi.errors import ConfigurationError
+from sdapi.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: flag -> (Settings field, click options). Commands pick the ones they use.
+OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "--data-dir": ("data_dir", {"help": "Directory for the database, images and models."}),
+    "--database": ("database", {"help": "Database URL (default sqlite:///<data-dir>/sdapi.db)."}),
+    "--storage": ("storage", {"help": "Image store (default <data-dir>/images)."}),
+    "--public-url": ("public_url", {"help": "Base URL clients reach this server at."}),
+    "--host": ("host", {"help": "Address to listen on (default 127.0.0.1)."}),
+    "--port": ("port", {"type": int, "help": "Port to listen on (default 7860)."}),
+    "--model": ("model", {"help": "Model: sdapi-tiny, a Hugging Face repo id or a local folder."}),
+    "--workers": ("workers", {"type": int, "help": "Worker processes to start (0 = API only)."}),
+    "--device": ("device", {"help": "auto, cpu, cuda or cuda:N."}),
+    "--threads": ("threads", {"type": int, "help": "torch CPU threads per worker (0 = default)."}),
+    "--sync-timeout": (
+        "sync_timeout",
+        {"type": float, "help": "Seconds a generation call waits before answering processing."},
+    ),
+    "--lease-seconds": (
+        "lease_seconds",
+        {"type": float, "help": "Seconds before a silent worker's job is retried."},
+    ),
+    "--allow-host": (
+        "allow_hosts",
+        {
+            "multiple": True,
+            "help": "Host or CIDR that image URLs may reach although private (repeatable).",
+        },
+    ),
+    "--http-errors/--no-http-errors": (
+        "http_errors",
+        {"default": None, "help": "Answer errors with HTTP 4xx instead of 200."},
+    ),
+    "--log-level": ("log_level", {"help": "debug, info, warning or error."}),
+}
+
+
+def settings_options(*flags: str) -> Callable[[F], F]:
+    def decorate(fn: F) -> F:
+        for flag in reversed(flags):
+            name, opts = OPTIONS[flag]
+            fn = click.option(*flag.split(" "), name, **{"default": None, **opts})(fn)
+        return fn
+
+    return decorate
+
+
+def load_settings(flags: dict[str, Any]) -> Settings:
+    given = {k: v for k, v in flags.items() if v is not None and v != ()}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise click.UsageError(f"invalid setting {field}: {err['msg']}") from None
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
+    )
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="sdapi")
+def main() -> None:
+    """sdapi: a self-hosted Stable Diffusion API v3 server."""
+
+
+@main.command()
+@settings_options(*OPTIONS)
+def serve(**flags: Any) -> None:
+    """Serve the API and start the worker processes."""
+    import uvicorn
+
+    from sdapi.api.app import create_app
+    from sdapi.backends import open_backends
+    from sdapi.worker.process import WorkerSupervisor
+
+    settings = load_settings(flags)
+    configure_logging(settings.log_level)
+    backends = _or_exit(open_backends, settings)
+    supervisor = WorkerSupervisor(settings, settings.workers)
+    supervisor.start()
+    try:
+        uvicorn.run(
+            create_app(settings, backends),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+        )
+    finally:
+        supervisor.stop()
+        backends.close()
+
+
+@main.command()
+@settings_options(
+    "--data-dir",
+    "--database",
+    "--storage",
+    "--model",
+    "--device",
+    "--threads",
+    "--lease-seconds",
+    "--log-level",
+)
+def worker(**flags: Any) -> None:
+    """Run one worker: claim jobs from the queue and generate their images."""
+    from sdapi.worker.process import run_worker
+
+    settings = load_settings(flags)
+    configure_logging(settings.log_level)
+    _or_exit(run_worker, settings)
+
+
+@main.command()
+@settings_options("--data-dir", "--database")
+def migrate(**flags: Any) -> None:
+    """Create or upgrade the database schema (serve and worker also do this at start)."""
+    from sdapi.backends import open_database
+
+    _or_exit(open_database, load_settings(flags))
+    click.echo("database is up to date")
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke API keys."""
+
+
+@keys.command("create")
+@settings_options("--data-dir", "--database")
+@click.option("--name", default="default", help="A label to tell keys apart.")
+def keys_create(name: str, **flags: Any) -> None:
+    """Create a key; the key itself is the last line printed (it cannot be shown again)."""
+    store = _key_store(flags)
+    key, secret = store.create(name)
+    click.echo(f"created key {key.id} ({key.name}); store it now, it is not shown again:", err=True)
+    click.echo(secret)
+
+
+@keys.command("list")
+@settings_options("--data-dir", "--database")
+def keys_list(**flags: Any) -> None:
+    """List keys (only their first characters are known)."""
+    for key in _key_store(flags).list():
+        state = "active" if key.active else f"revoked {_when(key.revoked_at)}"
+        click.echo(
+            f"{key.id}  {key.key_prefix}...  {key.name:<20}  {_when(key.created_at)}  {state}"
+        )
+
+
+@keys.command("revoke")
+@settings_options("--data-dir", "--database")
+@click.argument("key_id")
+def keys_revoke(key_id: str, **flags: Any) -> None:
+    """Revoke a key by its id (or its first characters, as `keys list` shows them)."""
+    key = _key_store(flags).revoke(key_id)
+    if key is None:
+        raise click.ClickException(f"no single key matches {key_id!r}")
+    click.echo(f"revoked {key.id} ({key.name})")
+
+
+def _key_store(flags: dict[str, Any]) -> Any:
+    from sdapi.backends import open_database
+
+    return _or_exit(open_database, load_settings(flags))[1]
+
+
+def _when(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts or 0, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _or_exit(fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except ConfigurationError as exc:
+        click.echo(f"sdapi: {exc}", err=True)
+        sys.exit(2)

@@ -1,0 +1,166 @@
+"""The domain: jobs, their lifecycle, and what a generation asks for.
+
+Pure on purpose: nothing here imports FastAPI, SQL drivers or torch, so every layer can use it
+and it can be tested without any of them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+#: Seeds are unsigned 64-bit integers (the wire sends them as int64, torch accepts 0..2**64-1).
+SEED_MODULUS = 2**64
+#: One "work unit" is one denoising step of one 512x512 image; rates are learned per unit.
+REFERENCE_PIXELS = 512 * 512
+
+
+class Task(StrEnum):
+    TEXT2IMG = "text2img"
+    IMG2IMG = "img2img"
+    INPAINT = "inpaint"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    #: A finished job whose files were removed by retention.
+    EXPIRED = "expired"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self not in (JobStatus.QUEUED, JobStatus.PROCESSING)
+
+
+#: Every allowed change of state. PROCESSING -> QUEUED is a lease that expired (the worker died).
+TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.PROCESSING, JobStatus.CANCELLED, JobStatus.FAILED}),
+    JobStatus.PROCESSING: frozenset(
+        {JobStatus.QUEUED, JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELLED}
+    ),
+    JobStatus.SUCCESS: frozenset({JobStatus.EXPIRED}),
+    JobStatus.FAILED: frozenset({JobStatus.EXPIRED}),
+    JobStatus.CANCELLED: frozenset({JobStatus.EXPIRED}),
+    JobStatus.EXPIRED: frozenset(),
+}
+
+
+class InvalidTransition(RuntimeError):
+    """A state change the transition table does not allow: a bug, never user input."""
+
+
+def check_transition(src: JobStatus, dst: JobStatus) -> None:
+    if dst not in TRANSITIONS[src]:
+        raise InvalidTransition(f"job cannot go from {src} to {dst}")
+
+
+def sources_of(dst: JobStatus) -> tuple[JobStatus, ...]:
+    """The states a job may be in to move to `dst`; SQL backends put these in their WHERE."""
+    return tuple(src for src, dsts in TRANSITIONS.items() if dst in dsts)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """A normalised generation request: every default applied, every value checked."""
+
+    task: Task
+    model: str
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    samples: int
+    steps: int
+    guidance_scale: float
+    #: Decided at submit time when the client gave none, so a retried job makes the same images.
+    seed: int
+    scheduler: str | None = None
+    #: img2img/inpaint: how much of the init image is replaced (0..1).
+    strength: float | None = None
+    #: Names of the stored input images (img2img, inpaint), never user URLs.
+    init_image: str | None = None
+    mask_image: str | None = None
+
+    def seeds(self) -> list[int]:
+        """One seed per image, so image i is the same whatever else runs beside it."""
+        return [(self.seed + i) % SEED_MODULUS for i in range(self.samples)]
+
+    @property
+    def batch_key(self) -> str:
+        """Jobs with equal keys can share one pipeline call."""
+        parts = (
+            self.model,
+            self.task,
+            f"{self.width}x{self.height}",
+            self.steps,
+            self.scheduler or "default",
+            self.guidance_scale,
+            self.strength,
+        )
+        return "|".join(str(p) for p in parts)
+
+    @property
+    def work_units(self) -> float:
+        """Denoising work in 512x512-image-steps: what generation time scales with."""
+        steps = self.steps
+        if self.task is not Task.TEXT2IMG and self.strength is not None:
+            steps = max(1, int(self.steps * self.strength))  # diffusers skips the early steps
+        return steps * self.samples * self.width * self.height / REFERENCE_PIXELS
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> GenerationRequest:
+        data = json.loads(text)
+        data["task"] = Task(data["task"])
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: int
+    #: Id of the API key that submitted it; a key sees only its own jobs.
+    owner: str
+    status: JobStatus
+    request: GenerationRequest
+    #: Decided at submit time (`<uuid>-<i>.png`): links handed out before the job runs are real.
+    output_names: tuple[str, ...]
+    created_at: float
+    attempts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    #: A new token per claim: only the holder of the current lease may finish the job.
+    lease_id: str | None = None
+    lease_expires_at: float | None = None
+    worker_id: str | None = None
+    #: Fraction of the denoising done, 0..1.
+    progress: float = 0.0
+    generation_seconds: float | None = None
+    error: str | None = None
+    webhook: str | None = None
+    track_id: str | None = None
+    #: What the client sent that answers echo back (original image URLs, ...); opaque here.
+    echo: Mapping[str, Any] = field(default_factory=dict)
+
+    def evolve(self, **changes: Any) -> Job:
+        """A copy with changes; a change of status must be allowed by the transition table."""
+        new_status = changes.get("status", self.status)
+        if new_status != self.status:
+            check_transition(self.status, new_status)
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    queued: int
+    processing: int
+    #: Work units waiting or running (not yet done), for the queue-time estimate.
+    pending_work: float
+    live_workers: int

@@ -1,0 +1,245 @@
+"""The SQLite queue backend (the embedded default).
+
+Every change of state is one conditional UPDATE whose WHERE lists the states the transition
+table allows as sources, so a stale worker's late write simply matches no row.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Sequence
+
+from sdapi.database.sqlite import SQLiteDatabase
+from sdapi.jobs import GenerationRequest, Job, JobStatus, QueueStats, sources_of
+from sdapi.queue.base import (
+    ABANDONED_ERROR,
+    WORKER_STALE_S,
+    Clock,
+    NewJob,
+    WorkerInfo,
+    blend_rate,
+    rate_key,
+)
+
+#: How many queued jobs a claim looks at to gather a batch of compatible ones.
+CLAIM_WINDOW = 64
+
+
+def _in(states: Sequence[JobStatus]) -> str:
+    return "(" + ",".join(f"'{s.value}'" for s in states) + ")"
+
+
+TO_PROCESSING = _in(sources_of(JobStatus.PROCESSING))
+TO_SUCCESS = _in(sources_of(JobStatus.SUCCESS))
+TO_FAILED = _in(sources_of(JobStatus.FAILED))
+
+
+class SQLiteQueue:
+    def __init__(self, db: SQLiteDatabase, *, max_attempts: int = 3, clock: Clock = time.time):
+        self.db = db
+        self.max_attempts = max_attempts
+        self.clock = clock
+
+    def enqueue(self, new: NewJob) -> Job:
+        req = new.request
+        with self.db.write() as conn:
+            cur = conn.execute(
+                "INSERT INTO jobs (owner, status, request, batch_key, rate_key, work_units,"
+                " output_names, created_at, webhook, track_id, echo)"
+                " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    new.owner,
+                    req.to_json(),
+                    req.batch_key,
+                    rate_key(req.model, req.task),
+                    req.work_units,
+                    json.dumps(new.output_names),
+                    self.clock(),
+                    new.webhook,
+                    new.track_id,
+                    json.dumps(dict(new.echo)),
+                ),
+            )
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (cur.lastrowid,)).fetchone()
+        return _job(row)
+
+    def get(self, job_id: int) -> Job | None:
+        row = self.db.connection().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(row) if row else None
+
+    def claim(self, worker_id: str, *, lease_s: float, limit: int = 1) -> list[Job]:
+        now = self.clock()
+        with self.db.write() as conn:
+            self._reap_expired(conn, now)
+            rows = conn.execute(
+                "SELECT id, batch_key FROM jobs WHERE status = 'queued' ORDER BY id LIMIT ?",
+                (CLAIM_WINDOW,),
+            ).fetchall()
+            if not rows:
+                return []
+            key = rows[0]["batch_key"]
+            ids = [r["id"] for r in rows if r["batch_key"] == key][:limit]
+            lease_id = uuid.uuid4().hex
+            marks = ",".join("?" * len(ids))
+            conn.execute(
+                f"UPDATE jobs SET status = 'processing', attempts = attempts + 1, lease_id = ?,"
+                f" lease_expires_at = ?, worker_id = ?, started_at = ?, progress = 0"
+                f" WHERE id IN ({marks}) AND status IN {TO_PROCESSING}",
+                (lease_id, now + lease_s, worker_id, now, *ids),
+            )
+            claimed = conn.execute(
+                f"SELECT * FROM jobs WHERE id IN ({marks}) ORDER BY id", ids
+            ).fetchall()
+        return [_job(row) for row in claimed]
+
+    def _reap_expired(self, conn: sqlite3.Connection, now: float) -> None:
+        """Expired leases: fail jobs that used up their attempts, requeue the others."""
+        expired = "status = 'processing' AND lease_expires_at < ?"
+        for row in conn.execute(
+            f"SELECT id, attempts FROM jobs WHERE {expired} AND attempts >= ?",
+            (now, self.max_attempts),
+        ).fetchall():
+            conn.execute(
+                "UPDATE jobs SET status = 'failed', error = ?, finished_at = ?, lease_id = NULL,"
+                " lease_expires_at = NULL WHERE id = ?",
+                (ABANDONED_ERROR.format(attempts=row["attempts"]), now, row["id"]),
+            )
+        conn.execute(
+            f"UPDATE jobs SET status = 'queued', lease_id = NULL, lease_expires_at = NULL,"
+            f" worker_id = NULL, progress = 0 WHERE {expired}",
+            (now,),
+        )
+
+    def heartbeat(self, lease_id: str, *, lease_s: float, progress: float | None = None) -> int:
+        now = self.clock()
+        with self.db.write() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET lease_expires_at = ?, progress = COALESCE(?, progress)"
+                " WHERE lease_id = ? AND status = 'processing'",
+                (now + lease_s, progress, lease_id),
+            )
+        return cur.rowcount
+
+    def complete(self, job_id: int, lease_id: str, *, generation_seconds: float) -> bool:
+        now = self.clock()
+        with self.db.write() as conn:
+            cur = conn.execute(
+                f"UPDATE jobs SET status = 'success', finished_at = ?, generation_seconds = ?,"
+                f" progress = 1, lease_id = NULL, lease_expires_at = NULL"
+                f" WHERE id = ? AND lease_id = ? AND status IN {TO_SUCCESS}",
+                (now, generation_seconds, job_id, lease_id),
+            )
+            if cur.rowcount:
+                self._learn_rate(conn, job_id, generation_seconds, now)
+        return cur.rowcount == 1
+
+    def _learn_rate(
+        self, conn: sqlite3.Connection, job_id: int, seconds: float, now: float
+    ) -> None:
+        row = conn.execute(
+            "SELECT j.rate_key, j.work_units, r.seconds_per_unit FROM jobs j"
+            " LEFT JOIN rates r ON r.rate_key = j.rate_key WHERE j.id = ?",
+            (job_id,),
+        ).fetchone()
+        rate = blend_rate(row["seconds_per_unit"], seconds / max(row["work_units"], 1e-9))
+        conn.execute(
+            "INSERT INTO rates (rate_key, seconds_per_unit, samples, updated_at)"
+            " VALUES (?, ?, 1, ?)"
+            " ON CONFLICT (rate_key) DO UPDATE SET seconds_per_unit = excluded.seconds_per_unit,"
+            " samples = samples + 1, updated_at = excluded.updated_at",
+            (row["rate_key"], rate, now),
+        )
+
+    def fail(self, job_id: int, lease_id: str, *, error: str) -> bool:
+        with self.db.write() as conn:
+            cur = conn.execute(
+                f"UPDATE jobs SET status = 'failed', finished_at = ?, error = ?, lease_id = NULL,"
+                f" lease_expires_at = NULL WHERE id = ? AND lease_id = ? AND status IN {TO_FAILED}",
+                (self.clock(), error, job_id, lease_id),
+            )
+        return cur.rowcount == 1
+
+    def position(self, job_id: int) -> tuple[int, float] | None:
+        row = (
+            self.db.connection()
+            .execute(
+                "SELECT (SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND id < j.id) + 1,"
+                " (SELECT COALESCE(SUM(work_units * (1 - progress)), 0) FROM jobs"
+                "   WHERE (status = 'queued' AND id < j.id) OR status = 'processing')"
+                " FROM jobs j WHERE j.id = ? AND j.status = 'queued'",
+                (job_id,),
+            )
+            .fetchone()
+        )
+        return (row[0], row[1]) if row else None
+
+    def stats(self) -> QueueStats:
+        conn = self.db.connection()
+        counts = dict.fromkeys(("queued", "processing"), 0)
+        work = 0.0
+        for row in conn.execute(
+            "SELECT status, COUNT(*), SUM(work_units * (1 - progress)) FROM jobs"
+            " WHERE status IN ('queued', 'processing') GROUP BY status"
+        ):
+            counts[row[0]] = row[1]
+            work += row[2] or 0.0
+        live = conn.execute(
+            "SELECT COUNT(*) FROM workers WHERE seen_at >= ?", (self.clock() - WORKER_STALE_S,)
+        ).fetchone()[0]
+        return QueueStats(counts["queued"], counts["processing"], work, live)
+
+    def rate(self, key: str) -> float | None:
+        row = (
+            self.db.connection()
+            .execute("SELECT seconds_per_unit FROM rates WHERE rate_key = ?", (key,))
+            .fetchone()
+        )
+        return row[0] if row else None
+
+    def register_worker(self, info: WorkerInfo) -> None:
+        now = self.clock()
+        with self.db.write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (info.id, info.host, info.pid, info.device, info.model, info.state, now, now),
+            )
+
+    def worker_seen(self, worker_id: str, state: str) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                "UPDATE workers SET seen_at = ?, state = ? WHERE id = ?",
+                (self.clock(), state, worker_id),
+            )
+
+    def remove_worker(self, worker_id: str) -> None:
+        with self.db.write() as conn:
+            conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"],
+        owner=row["owner"],
+        status=JobStatus(row["status"]),
+        request=GenerationRequest.from_json(row["request"]),
+        output_names=tuple(json.loads(row["output_names"])),
+        created_at=row["created_at"],
+        attempts=row["attempts"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        lease_id=row["lease_id"],
+        lease_expires_at=row["lease_expires_at"],
+        worker_id=row["worker_id"],
+        progress=row["progress"],
+        generation_seconds=row["generation_seconds"],
+        error=row["error"],
+        webhook=row["webhook"],
+        track_id=row["track_id"],
+        echo=json.loads(row["echo"]),
+    )

@@ -1,0 +1,80 @@
+"""Configuration: one frozen `Settings`, read once at start and passed down (never a global).
+
+Every field can be set by a CLI flag or by an `SDAPI_<NAME>` environment variable; flags win.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_MODEL = "sdapi-tiny"
+#: How long a claim holds a job without a heartbeat before another worker may take it over.
+DEFAULT_LEASE_S = 30.0
+#: How long a generation call waits for its job before answering `processing` (spec: sync window).
+DEFAULT_SYNC_TIMEOUT_S = 10.0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SDAPI_", frozen=True, extra="ignore")
+
+    #: Holds the database, the images and the model cache unless those are set apart.
+    data_dir: Path = Path("sdapi-data")
+    #: `sqlite:///path/to/file.db`; empty means `<data_dir>/sdapi.db`.
+    database: str = ""
+    #: Where images are kept; empty means `<data_dir>/images`.
+    storage: str = ""
+    #: Base URL clients reach this server at (behind a proxy); empty means the request's own.
+    public_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = Field(default=7860, ge=0, le=65535)
+    model: str = DEFAULT_MODEL
+    #: Worker subprocesses started by `sdapi serve` (0 = API only).
+    workers: int = Field(default=1, ge=0, le=64)
+    device: str = "auto"
+    #: torch CPU threads per worker; 0 = torch's default. Fixed threads keep images bit-identical.
+    threads: int = Field(default=0, ge=0)
+    sync_timeout: float = Field(default=DEFAULT_SYNC_TIMEOUT_S, ge=0, le=300)
+    lease_seconds: float = Field(default=DEFAULT_LEASE_S, gt=0)
+    #: A job whose worker died this many times is failed instead of retried.
+    max_attempts: int = Field(default=3, ge=1)
+    #: Hosts or CIDR ranges that user-supplied URLs may reach although private (SSRF allow-list).
+    allow_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    #: Answer application errors with HTTP 4xx instead of the wire's HTTP 200 + status "error".
+    http_errors: bool = False
+    max_width: int = Field(default=1024, ge=64)
+    max_height: int = Field(default=1024, ge=64)
+    max_steps: int = Field(default=50, ge=1)
+    log_level: str = "info"
+
+    @field_validator("allow_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        # SDAPI_ALLOW_HOSTS is comma separated; --allow-host is repeatable (a list arrives).
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @property
+    def database_url(self) -> str:
+        return self.database or f"sqlite:///{self.data_dir / 'sdapi.db'}"
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or str(self.data_dir / "images")
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    def as_env(self) -> dict[str, str]:
+        """The settings as SDAPI_* variables, to hand the same configuration to a subprocess."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            env[f"SDAPI_{name.upper()}"] = str(value)
+        return env

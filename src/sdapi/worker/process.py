@@ -1,0 +1,131 @@
+"""Worker processes: `sdapi worker` itself, and the supervisor `sdapi serve` uses to run them."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from types import FrameType
+
+from sdapi.backends import open_backends
+from sdapi.settings import Settings
+from sdapi.worker.runner import Worker
+
+log = logging.getLogger(__name__)
+
+#: A crashed worker is restarted after this delay, doubled per crash in a row, capped.
+RESTART_DELAY_S = 1.0
+MAX_RESTART_DELAY_S = 30.0
+#: A worker that ran this long before dying counts as healthy: its restart delay resets.
+HEALTHY_RUN_S = 60.0
+STOP_GRACE_S = 20.0
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_worker(settings: Settings) -> None:
+    """Serve jobs until SIGTERM/SIGINT; the job in hand is finished before exiting."""
+    from sdapi.engine.engine import Engine
+
+    backends = open_backends(settings)
+    device = resolve_device(settings.device)
+    engine = Engine(
+        settings.model, settings.models_dir, device=device, threads=settings.threads or None
+    )
+    worker = Worker(
+        backends.queue, backends.images, engine, lease_s=settings.lease_seconds, device=device
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():  # a second signal: leave now; the lease brings the job back
+            os._exit(1)
+        log.info("worker %s: stopping after the current job", worker.id)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        worker.run(stop)
+    finally:
+        backends.close()
+
+
+def _die_with_parent() -> None:
+    # Linux: the kernel sends SIGTERM to the worker if `sdapi serve` dies, even by SIGKILL,
+    # so no orphan keeps working on a queue nobody supervises.
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class WorkerSupervisor:
+    """Runs `count` worker subprocesses and restarts any that dies, with backoff."""
+
+    def __init__(self, settings: Settings, count: int) -> None:
+        self.settings = settings
+        self.count = count
+        self._procs: list[subprocess.Popen[bytes] | None] = [None] * count
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
+
+    def start(self) -> None:
+        for slot in range(self.count):
+            self._spawn(slot)
+        self._thread.start()
+
+    def _spawn(self, slot: int) -> None:
+        env = {**os.environ, **self.settings.as_env()}
+        self._procs[slot] = subprocess.Popen(
+            [sys.executable, "-m", "sdapi", "worker"],
+            env=env,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        log.info("started worker %d (pid %d)", slot, self._procs[slot].pid)  # type: ignore[union-attr]
+
+    def _watch(self) -> None:
+        delays = [RESTART_DELAY_S] * self.count
+        started = [time.monotonic()] * self.count
+        while not self._stopping.wait(0.5):
+            for slot, proc in enumerate(self._procs):
+                if proc is None or proc.poll() is None:
+                    continue
+                if time.monotonic() - started[slot] > HEALTHY_RUN_S:
+                    delays[slot] = RESTART_DELAY_S
+                log.error(
+                    "worker %d exited with %s; restarting in %.0f s",
+                    slot,
+                    proc.returncode,
+                    delays[slot],
+                )
+                if self._stopping.wait(delays[slot]):
+                    return
+                delays[slot] = min(delays[slot] * 2, MAX_RESTART_DELAY_S)
+                started[slot] = time.monotonic()
+                self._spawn(slot)
+
+    def stop(self) -> None:
+        """SIGTERM every worker (each finishes its job), then SIGKILL what outlives the grace."""
+        self._stopping.set()
+        live = [p for p in self._procs if p is not None and p.poll() is None]
+        for proc in live:
+            proc.terminate()
+        deadline = time.monotonic() + STOP_GRACE_S
+        for proc in live:
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
