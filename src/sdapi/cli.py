@@ -105,6 +105,7 @@ def serve(**flags: Any) -> None:
     settings = load_settings(flags)
     configure_logging(settings.log_level)
     backends = _or_exit(open_backends, settings)
+    _first_key(backends.keys)
     supervisor = WorkerSupervisor(settings, settings.workers)
     supervisor.start()
     try:
@@ -186,6 +187,15 @@ def keys_revoke(key_id: str, **flags: Any) -> None:
     if key is None:
         raise click.ClickException(f"no single key matches {key_id!r}")
     click.echo(f"revoked {key.id} ({key.name})")
+
+
+def _first_key(store: Any) -> None:
+    """A fresh install gets one key, printed once, so the first request can be made at once."""
+    if store.list():
+        return
+    key, secret = store.create("first")
+    click.echo(f"No API key existed, so one was created ({key.id}). Keep it; it is not shown "
+               f"again (manage keys with `sdapi keys`):\n\n    {secret}\n", err=True)
 
 
 def _key_store(flags: dict[str, Any]) -> Any:

@@ -57,8 +57,17 @@ class JobQueue(Protocol):
 
     def get(self, job_id: int) -> Job | None: ...
 
-    def claim(self, worker_id: str, *, lease_s: float, limit: int = 1) -> list[Job]:
+    def claim(
+        self,
+        worker_id: str,
+        *,
+        lease_s: float,
+        limit: int = 1,
+        models: Sequence[str] | None = None,
+    ) -> list[Job]:
         """Atomically lease up to `limit` queued jobs that share the oldest job's batch key.
+
+        Only jobs for `models` are considered (None: any model).
 
         First returns expired leases to the queue (or fails them after `max_attempts`).
         """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 
 from sdapi.jobs import Job, JobStatus, QueueStats
 from sdapi.queue.base import (
@@ -47,11 +48,22 @@ class MemoryQueue:
     def get(self, job_id: int) -> Job | None:
         return self._jobs.get(job_id)
 
-    def claim(self, worker_id: str, *, lease_s: float, limit: int = 1) -> list[Job]:
+    def claim(
+        self,
+        worker_id: str,
+        *,
+        lease_s: float,
+        limit: int = 1,
+        models: Sequence[str] | None = None,
+    ) -> list[Job]:
         now = self.clock()
         with self._lock:
             self._reap_expired(now)
-            queued = [j for j in self._jobs.values() if j.status is JobStatus.QUEUED]
+            queued = [
+                j
+                for j in self._jobs.values()
+                if j.status is JobStatus.QUEUED and (models is None or j.request.model in models)
+            ]
             lease_id = uuid.uuid4().hex
             claimed = [
                 job.evolve(

@@ -47,11 +47,12 @@ class SQLiteQueue:
         req = new.request
         with self.db.write() as conn:
             cur = conn.execute(
-                "INSERT INTO jobs (owner, status, request, batch_key, rate_key, work_units,"
+                "INSERT INTO jobs (owner, status, model, request, batch_key, rate_key, work_units,"
                 " output_names, created_at, webhook, track_id, echo)"
-                " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     new.owner,
+                    req.model,
                     req.to_json(),
                     req.batch_key,
                     rate_key(req.model, req.task),
@@ -70,13 +71,24 @@ class SQLiteQueue:
         row = self.db.connection().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job(row) if row else None
 
-    def claim(self, worker_id: str, *, lease_s: float, limit: int = 1) -> list[Job]:
+    def claim(
+        self,
+        worker_id: str,
+        *,
+        lease_s: float,
+        limit: int = 1,
+        models: Sequence[str] | None = None,
+    ) -> list[Job]:
         now = self.clock()
+        model_sql, model_args = _model_filter(models)
+        if not self._has_work(now, model_sql, model_args):
+            return []  # idle polls stay read-only: no write lock, no fsync
         with self.db.write() as conn:
             self._reap_expired(conn, now)
             rows = conn.execute(
-                "SELECT id, batch_key FROM jobs WHERE status = 'queued' ORDER BY id LIMIT ?",
-                (CLAIM_WINDOW,),
+                f"SELECT id, batch_key FROM jobs WHERE status = 'queued' {model_sql}"
+                " ORDER BY id LIMIT ?",
+                (*model_args, CLAIM_WINDOW),
             ).fetchall()
             if not rows:
                 return []
@@ -94,6 +106,18 @@ class SQLiteQueue:
                 f"SELECT * FROM jobs WHERE id IN ({marks}) ORDER BY id", ids
             ).fetchall()
         return [_job(row) for row in claimed]
+
+    def _has_work(self, now: float, model_sql: str, model_args: tuple[str, ...]) -> bool:
+        row = (
+            self.db.connection()
+            .execute(
+                f"SELECT 1 FROM jobs WHERE (status = 'queued' {model_sql})"
+                " OR (status = 'processing' AND lease_expires_at < ?) LIMIT 1",
+                (*model_args, now),
+            )
+            .fetchone()
+        )
+        return row is not None
 
     def _reap_expired(self, conn: sqlite3.Connection, now: float) -> None:
         """Expired leases: fail jobs that used up their attempts, requeue the others."""
@@ -220,6 +244,12 @@ class SQLiteQueue:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _model_filter(models: Sequence[str] | None) -> tuple[str, tuple[str, ...]]:
+    if models is None:
+        return "", ()
+    return f"AND model IN ({','.join('?' * len(models))})", tuple(models)
 
 
 def _job(row: sqlite3.Row) -> Job:

@@ -1,3 +1,3 @@
-"""Workers: claim jobs, run the engine, record one outcome per job; and the processes that host them."""
+"""Workers: claim jobs, run the engine, record one outcome per job; the processes hosting them."""
 
 from __future__ import annotations

@@ -72,7 +72,8 @@ class Worker:
         try:
             self.engine.load()
             log.info("worker %s ready (model %s)", self.id, self.engine.model)
-            last_seen = 0.0
+            self.queue.worker_seen(self.id, "ready")
+            last_seen = time.monotonic()
             while not stop.is_set():
                 if self.run_once():
                     continue
@@ -85,7 +86,7 @@ class Worker:
 
     def run_once(self) -> bool:
         """Claim and run one job; False when the queue had nothing for us."""
-        jobs = self.queue.claim(self.id, lease_s=self.lease_s, limit=1)
+        jobs = self.queue.claim(self.id, lease_s=self.lease_s, limit=1, models=[self.engine.model])
         for job in jobs:
             self.queue.worker_seen(self.id, "busy")
             self.process(job)

@@ -12,6 +12,7 @@ CREATE TABLE jobs (
     id                 INTEGER PRIMARY KEY AUTOINCREMENT,  -- ids only grow, never reused
     owner              TEXT NOT NULL,
     status             TEXT NOT NULL,
+    model              TEXT NOT NULL,          -- workers claim only models they serve
     request            TEXT NOT NULL,          -- GenerationRequest as JSON
     batch_key          TEXT NOT NULL,
     rate_key           TEXT NOT NULL,
@@ -31,7 +32,7 @@ CREATE TABLE jobs (
     track_id           TEXT,
     echo               TEXT NOT NULL DEFAULT '{}'
 );
-CREATE INDEX jobs_by_status ON jobs (status, id);
+CREATE INDEX jobs_by_status ON jobs (status, model, id);
 CREATE INDEX jobs_by_owner ON jobs (owner, id);
 CREATE INDEX jobs_by_lease ON jobs (lease_id);
 

@@ -1,0 +1,38 @@
+# One-command set-up. `make serve` installs and serves on the embedded defaults; `make test`
+# installs and runs every test. Both create their own virtual environment in $(VENV).
+#
+# TORCH picks the PyTorch build: the default is the CPU wheel. On a CUDA machine use e.g.
+#   make serve TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+
+VENV   ?= .venv
+PYTHON ?= python3
+TORCH  ?= torch==2.13.0
+ARGS   ?=
+BIN    := $(VENV)/bin
+
+.PHONY: install serve test lint clean
+
+$(BIN)/sdapi: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	# Pin the torch just installed, so resolving the rest never swaps in another build.
+	$(BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[engine,dev]"
+	touch $@
+
+install: $(BIN)/sdapi
+
+serve: install
+	$(BIN)/sdapi serve $(ARGS)
+
+test: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/pytest $(ARGS)
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,55 @@
+"""The key store contract, on every backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sdapi.auth.keys import KEY_LENGTH, KeyStore, MemoryKeyStore, hash_key
+from sdapi.auth.sqlite import SQLiteKeyStore
+from sdapi.database.sqlite import SQLiteDatabase
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> KeyStore:
+    if request.param == "memory":
+        return MemoryKeyStore()
+    return SQLiteKeyStore(SQLiteDatabase(tmp_path / "k.db"))
+
+
+def test_created_key_verifies_and_others_do_not(store: KeyStore) -> None:
+    key, secret = store.create("alice")
+    assert len(secret) == KEY_LENGTH and secret.isalnum()
+    assert store.verify(secret) == key
+    assert store.verify(secret[:-1] + ("a" if secret[-1] != "a" else "b")) is None
+    assert store.verify("") is None
+
+
+def test_list_shows_prefix_not_secret(store: KeyStore) -> None:
+    _, secret_a = store.create("a")
+    store.create("b")
+    listed = store.list()
+    assert [k.name for k in listed] == ["a", "b"]
+    assert listed[0].key_prefix == secret_a[:6]
+    assert all(secret_a not in repr(k) for k in listed)
+
+
+def test_revoke_by_id_or_prefix(store: KeyStore) -> None:
+    key, secret = store.create("a")
+    other, other_secret = store.create("b")
+    revoked = store.revoke(key.id)
+    assert revoked is not None and not revoked.active
+    assert store.verify(secret) is None
+    assert store.verify(other_secret) == other
+    assert store.revoke(other_secret[:6]) is not None
+    assert store.verify(other_secret) is None
+    assert store.revoke("nope") is None
+
+
+def test_sqlite_stores_only_the_hash(tmp_path: Path) -> None:
+    db = SQLiteDatabase(tmp_path / "k.db")
+    _, secret = SQLiteKeyStore(db).create("a")
+    raw = (tmp_path / "k.db").read_bytes() + (tmp_path / "k.db-wal").read_bytes()
+    assert secret.encode() not in raw
+    assert hash_key(secret).encode() in raw

@@ -1,0 +1,193 @@
+"""The queue contract: every backend must pass every test here."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sdapi.database.sqlite import SQLiteDatabase
+from sdapi.jobs import JobStatus, Task
+from sdapi.queue.base import JobQueue, NewJob, WorkerInfo
+from sdapi.queue.memory import MemoryQueue
+from sdapi.queue.sqlite import SQLiteQueue
+from tests.helpers import FakeClock, make_request
+
+LEASE = 30.0
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def queue(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[JobQueue]:
+    q: JobQueue
+    if request.param == "memory":
+        q = MemoryQueue(max_attempts=3, clock=clock)
+    else:
+        q = SQLiteQueue(SQLiteDatabase(tmp_path / "q.db"), max_attempts=3, clock=clock)
+    yield q
+    q.close()
+
+
+def submit(queue: JobQueue, owner: str = "key_a", **changes: object) -> int:
+    request = make_request(**changes)
+    names = tuple(f"generations/x{i}.png" for i in range(request.samples))
+    return queue.enqueue(NewJob(owner, request, names, track_id="t1", echo={"a": 1})).id
+
+
+def test_enqueue_assigns_growing_integer_ids_and_keeps_everything(queue: JobQueue) -> None:
+    first, second = submit(queue), submit(queue, samples=2, prompt="two")
+    assert isinstance(first, int) and second > first
+    job = queue.get(second)
+    assert job is not None and job.status is JobStatus.QUEUED
+    assert job.request == make_request(samples=2, prompt="two")
+    assert job.output_names == ("generations/x0.png", "generations/x1.png")
+    assert (job.owner, job.track_id, dict(job.echo)) == ("key_a", "t1", {"a": 1})
+    assert queue.get(second + 100) is None
+
+
+def test_claim_takes_oldest_first_and_leases_it(queue: JobQueue, clock: FakeClock) -> None:
+    a, b = submit(queue), submit(queue)
+    [job] = queue.claim("w1", lease_s=LEASE)
+    assert job.id == a and job.status is JobStatus.PROCESSING
+    assert job.attempts == 1 and job.worker_id == "w1" and job.lease_id
+    assert job.lease_expires_at == clock.now + LEASE
+    assert queue.claim("w2", lease_s=LEASE)[0].id == b
+    assert queue.claim("w3", lease_s=LEASE) == []
+
+
+def test_claim_many_gathers_only_compatible_jobs(queue: JobQueue) -> None:
+    a = submit(queue)
+    submit(queue, width=128)
+    c = submit(queue, prompt="other prompt, same batch key", seed=7)
+    claimed = queue.claim("w1", lease_s=LEASE, limit=4)
+    assert [j.id for j in claimed] == [a, c]
+    assert len({j.lease_id for j in claimed}) == 1
+
+
+def test_concurrent_claims_never_share_a_job(queue: JobQueue) -> None:
+    ids = {submit(queue) for _ in range(40)}
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def claimer(name: str) -> None:
+        while jobs := queue.claim(name, lease_s=LEASE):
+            with lock:
+                got.extend(j.id for j in jobs)
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == sorted(ids)
+
+
+def test_complete_needs_the_current_lease(queue: JobQueue) -> None:
+    job_id = submit(queue)
+    [job] = queue.claim("w1", lease_s=LEASE)
+    assert not queue.complete(job_id, "not-the-lease", generation_seconds=1.0)
+    assert queue.complete(job_id, job.lease_id or "", generation_seconds=2.5)
+    done = queue.get(job_id)
+    assert done is not None and done.status is JobStatus.SUCCESS
+    assert done.generation_seconds == 2.5 and done.progress == 1.0 and done.finished_at
+    # A second outcome for the same job is refused: exactly one terminal state.
+    assert not queue.complete(job_id, job.lease_id or "", generation_seconds=1.0)
+    assert not queue.fail(job_id, job.lease_id or "", error="late")
+    assert queue.get(job_id).status is JobStatus.SUCCESS  # type: ignore[union-attr]
+
+
+def test_fail_records_the_error(queue: JobQueue) -> None:
+    job_id = submit(queue)
+    [job] = queue.claim("w1", lease_s=LEASE)
+    assert queue.fail(job_id, job.lease_id or "", error="RuntimeError: boom")
+    failed = queue.get(job_id)
+    assert failed is not None and failed.status is JobStatus.FAILED
+    assert failed.error == "RuntimeError: boom"
+
+
+def test_heartbeat_extends_the_lease_and_records_progress(
+    queue: JobQueue, clock: FakeClock
+) -> None:
+    job_id = submit(queue)
+    [job] = queue.claim("w1", lease_s=LEASE)
+    clock.advance(LEASE - 1)
+    assert queue.heartbeat(job.lease_id or "", lease_s=LEASE, progress=0.5) == 1
+    clock.advance(LEASE - 1)  # past the first expiry, within the renewed one
+    assert queue.claim("w2", lease_s=LEASE) == []
+    held = queue.get(job_id)
+    assert held is not None and held.progress == 0.5 and held.worker_id == "w1"
+    assert queue.heartbeat("unknown-lease", lease_s=LEASE) == 0
+
+
+def test_expired_lease_goes_back_to_the_queue_and_old_holder_loses_it(
+    queue: JobQueue, clock: FakeClock
+) -> None:
+    job_id = submit(queue)
+    [first] = queue.claim("w1", lease_s=LEASE)
+    clock.advance(LEASE + 1)
+    [second] = queue.claim("w2", lease_s=LEASE)
+    assert second.id == job_id and second.attempts == 2 and second.lease_id != first.lease_id
+    assert queue.heartbeat(first.lease_id or "", lease_s=LEASE) == 0
+    assert not queue.complete(job_id, first.lease_id or "", generation_seconds=1)
+    assert queue.complete(job_id, second.lease_id or "", generation_seconds=1)
+
+
+def test_job_fails_after_max_attempts(queue: JobQueue, clock: FakeClock) -> None:
+    job_id = submit(queue)
+    for _ in range(3):
+        assert queue.claim("w", lease_s=LEASE)
+        clock.advance(LEASE + 1)
+    assert queue.claim("w", lease_s=LEASE) == []
+    job = queue.get(job_id)
+    assert job is not None and job.status is JobStatus.FAILED
+    assert "interrupted 3 times" in (job.error or "")
+
+
+def test_position_counts_queued_jobs_ahead_and_work_left(queue: JobQueue) -> None:
+    a = submit(queue)
+    b = submit(queue, samples=2)
+    c = submit(queue)
+    assert queue.position(a) == (1, 0.0)
+    [running] = queue.claim("w", lease_s=LEASE)
+    assert running.id == a
+    assert queue.heartbeat(running.lease_id or "", lease_s=LEASE, progress=0.5) == 1
+    unit = make_request().work_units
+    assert queue.position(b) == (1, pytest.approx(0.5 * unit))
+    assert queue.position(c) == (2, pytest.approx(0.5 * unit + 2 * unit))
+    assert queue.position(a) is None  # not queued any more
+
+
+def test_stats_and_live_workers(queue: JobQueue, clock: FakeClock) -> None:
+    submit(queue)
+    submit(queue)
+    queue.claim("w", lease_s=LEASE)
+    queue.register_worker(WorkerInfo("w", "host", 1, "cpu", "sdapi-tiny"))
+    stats = queue.stats()
+    assert (stats.queued, stats.processing, stats.live_workers) == (1, 1, 1)
+    assert stats.pending_work == pytest.approx(2 * make_request().work_units)
+    clock.advance(60)
+    assert queue.stats().live_workers == 0
+    queue.worker_seen("w", "ready")
+    assert queue.stats().live_workers == 1
+    queue.remove_worker("w")
+    assert queue.stats().live_workers == 0
+
+
+def test_rates_are_learned_from_finished_jobs(queue: JobQueue) -> None:
+    key = "sdapi-tiny|text2img"
+    assert queue.rate(key) is None
+    job_id = submit(queue, steps=10)
+    [job] = queue.claim("w", lease_s=LEASE)
+    queue.complete(job_id, job.lease_id or "", generation_seconds=5.0)
+    units = make_request(steps=10).work_units
+    assert queue.rate(key) == pytest.approx(5.0 / units)
+    assert queue.rate(f"sdapi-tiny|{Task.IMG2IMG}") is None
+
+
+def test_claim_only_takes_models_the_worker_serves(queue: JobQueue) -> None:
+    other = submit(queue, model="other-model")
+    mine = submit(queue)
+    assert [j.id for j in queue.claim("w", lease_s=LEASE, models=["sdapi-tiny"])] == [mine]
+    assert queue.claim("w", lease_s=LEASE, models=["sdapi-tiny"]) == []
+    assert [j.id for j in queue.claim("w", lease_s=LEASE, models=["other-model"])] == [other]

@@ -1,0 +1,52 @@
+"""Shared test helpers: a controllable clock, requests and fakes."""
+
+from __future__ import annotations
+
+from sdapi.jobs import GenerationRequest, Task
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_request(**changes: object) -> GenerationRequest:
+    values: dict[str, object] = dict(
+        task=Task.TEXT2IMG, model="sdapi-tiny", prompt="a lighthouse", negative_prompt="",
+        width=64, height=64, samples=1, steps=2, guidance_scale=7.5, seed=42,
+    )
+    values.update(changes)
+    return GenerationRequest(**values)  # type: ignore[arg-type]
+
+
+class FakeEngine:
+    """Stands in for the diffusers engine: a flat image whose colour comes from the seed."""
+
+    model = "sdapi-tiny"
+
+    def __init__(self, fail_with: str | None = None) -> None:
+        self.fail_with = fail_with
+        self.calls: list[GenerationRequest] = []
+
+    def load(self) -> None:
+        pass
+
+    def generate(self, request, images=None, on_step=None):  # type: ignore[no-untyped-def]
+        from PIL import Image
+
+        self.calls.append(request)
+        if self.fail_with:
+            raise RuntimeError(self.fail_with)
+        for step in range(request.steps):
+            if on_step is not None and not on_step(step + 1, request.steps):
+                raise RuntimeError("cancelled")
+        return [
+            Image.new("RGB", (request.width, request.height), (s % 256, (s >> 8) % 256, 7))
+            for s in request.seeds()
+        ]
