@@ -18,8 +18,16 @@ class FakeClock:
 
 def make_request(**changes: object) -> GenerationRequest:
     values: dict[str, object] = dict(
-        task=Task.TEXT2IMG, model="sdapi-tiny", prompt="a lighthouse", negative_prompt="",
-        width=64, height=64, samples=1, steps=2, guidance_scale=7.5, seed=42,
+        task=Task.TEXT2IMG,
+        model="sdapi-tiny",
+        prompt="a lighthouse",
+        negative_prompt="",
+        width=64,
+        height=64,
+        samples=1,
+        steps=2,
+        guidance_scale=7.5,
+        seed=42,
     )
     values.update(changes)
     return GenerationRequest(**values)  # type: ignore[arg-type]

@@ -23,8 +23,13 @@ def free_port() -> int:
 
 
 def sdapi(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sdapi", *args], capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "sdapi", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
 
 
 def create_key(data_dir: Path, name: str = "test") -> str:
@@ -53,9 +58,20 @@ class Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sdapi", "serve", "--data-dir", str(self.data_dir),
-             "--port", str(self.port), *self.args],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
+            [
+                sys.executable,
+                "-m",
+                "sdapi",
+                "serve",
+                "--data-dir",
+                str(self.data_dir),
+                "--port",
+                str(self.port),
+                *self.args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
             start_new_session=True,  # its own process group: kill() takes the workers too
         )
         self._wait_healthy()

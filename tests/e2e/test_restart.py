@@ -18,8 +18,9 @@ pytestmark = pytest.mark.e2e
 
 def saved_model(served: Served, dest: Path) -> Path:
     """A copy of the built tiny model in a folder of its own: `--model <folder>` loads it."""
-    served.post("/api/v3/text2img", {"prompt": "warm", "width": 64, "height": 64,
-                                     "num_inference_steps": 1})
+    served.post(
+        "/api/v3/text2img", {"prompt": "warm", "width": 64, "height": 64, "num_inference_steps": 1}
+    )
     shutil.copytree(tiny_model_dir(served), dest)
     return dest
 
@@ -47,9 +48,15 @@ def test_queued_jobs_survive_a_killed_server(served: Served, tmp_path: Path) -> 
     key = create_key(data)
     args = ("--model", str(model), "--sync-timeout", "0")
     api_only = Server(data, free_port(), (*args, "--workers", "0")).start()
-    ids = [post(api_only, key, "/api/v3/text2img",
-                {"prompt": f"p{i}", "width": 64, "height": 64, "num_inference_steps": 2})["id"]
-           for i in range(3)]
+    ids = [
+        post(
+            api_only,
+            key,
+            "/api/v3/text2img",
+            {"prompt": f"p{i}", "width": 64, "height": 64, "num_inference_steps": 2},
+        )["id"]
+        for i in range(3)
+    ]
     api_only.kill()
     server = Server(data, free_port(), args).start()
     try:
@@ -69,8 +76,12 @@ def test_a_job_running_when_the_server_dies_is_finished_after_restart(
     key = create_key(data)
     args = ("--model", str(model), "--sync-timeout", "0", "--lease-seconds", "2")
     server = Server(data, free_port(), args).start()
-    job_id = post(server, key, "/api/v3/text2img", {"prompt": "slow", "width": 512,
-                                                    "height": 512, "num_inference_steps": 20})["id"]
+    job_id = post(
+        server,
+        key,
+        "/api/v3/text2img",
+        {"prompt": "slow", "width": 512, "height": 512, "num_inference_steps": 20},
+    )["id"]
     deadline = time.monotonic() + 90
     while post(server, key, f"/api/v3/fetch/{job_id}", {}).get("progress", 0) == 0:
         assert time.monotonic() < deadline, server.log()
@@ -84,7 +95,8 @@ def test_a_job_running_when_the_server_dies_is_finished_after_restart(
         restarted.stop()
     with sqlite3.connect(data / "sdapi.db") as db:
         status, attempts = db.execute(
-            "SELECT status, attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            "SELECT status, attempts FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
     assert (status, attempts) == ("success", 2)
     leftovers = [p.name for p in (data / "images" / "generations").iterdir()]
     assert leftovers == [Path(done["output"][0]).name]

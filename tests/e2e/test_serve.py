@@ -39,8 +39,14 @@ def job_rows(served: Served) -> int:
 
 
 def test_text2img_is_real_and_reproducible(served: Served) -> None:
-    body = {"prompt": "a lighthouse at dawn", "width": "64", "height": "64", "samples": "2",
-            "num_inference_steps": "4", "seed": 1234}
+    body = {
+        "prompt": "a lighthouse at dawn",
+        "width": "64",
+        "height": "64",
+        "samples": "2",
+        "num_inference_steps": "4",
+        "seed": 1234,
+    }
     first, second = served.post("/api/v3/text2img", body), served.post("/api/v3/text2img", body)
     assert first["status"] == second["status"] == "success", served.server.log()
     assert isinstance(first["id"], int) and second["id"] > first["id"]
@@ -55,18 +61,22 @@ def test_text2img_is_real_and_reproducible(served: Served) -> None:
 
 
 def test_seed_page_python_example_fetches_a_queued_job(served: Served) -> None:
-    queued = served.post("/api/v3/text2img", {"prompt": "p", "width": 64, "height": 64,
-                                              "num_inference_steps": 2, "instant_response": "yes"})
+    queued = served.post(
+        "/api/v3/text2img",
+        {
+            "prompt": "p",
+            "width": 64,
+            "height": 64,
+            "num_inference_steps": 2,
+            "instant_response": "yes",
+        },
+    )
     assert queued["status"] == "processing" and queued["output"] == []
     assert queued["fetch_result"] == f"{served.server.url}/api/v3/fetch/{queued['id']}"
     # The seed page's Python example, verbatim but for the URL and the key.
     url = queued["fetch_result"]
-    payload = json.dumps({
-    "key": served.key
-    })
-    headers = {
-    'Content-Type': 'application/json'
-    }
+    payload = json.dumps({"key": served.key})
+    headers = {"Content-Type": "application/json"}
     for _ in range(600):
         response = requests.request("POST", url, headers=headers, data=payload)
         print(response.text)
@@ -80,8 +90,16 @@ def test_seed_page_python_example_fetches_a_queued_job(served: Served) -> None:
 
 
 def test_fetch_result_polled_with_form_bodies_like_the_dart_client(served: Served) -> None:
-    queued = served.post("/api/v3/text2img", {"prompt": "p", "width": 64, "height": 64,
-                                              "num_inference_steps": 2, "instant_response": True})
+    queued = served.post(
+        "/api/v3/text2img",
+        {
+            "prompt": "p",
+            "width": 64,
+            "height": 64,
+            "num_inference_steps": 2,
+            "instant_response": True,
+        },
+    )
     for _ in range(600):
         answer = served.http.post(queued["fetch_result"], data={"key": served.key}).json()
         if answer["status"] == "success":
@@ -92,17 +110,34 @@ def test_fetch_result_polled_with_form_bodies_like_the_dart_client(served: Serve
 
 
 def test_img2img_from_a_url_and_inpaint_from_base64(served: Served, image_host: str) -> None:
-    i2i = served.post("/api/v3/img2img", {
-        "prompt": "p", "init_image": f"{image_host}/init.png", "width": 64, "height": 64,
-        "num_inference_steps": 4, "strength": 0.5, "seed": 3})
+    i2i = served.post(
+        "/api/v3/img2img",
+        {
+            "prompt": "p",
+            "init_image": f"{image_host}/init.png",
+            "width": 64,
+            "height": 64,
+            "num_inference_steps": 4,
+            "strength": 0.5,
+            "seed": 3,
+        },
+    )
     assert i2i["status"] == "success", i2i
     assert i2i["meta"]["init_image"] == f"{image_host}/init.png"
     assert download(served, i2i["output"][0]).size == (64, 64)
-    inp = served.post("/api/v3/inpaint", {
-        "prompt": "p", "width": 64, "height": 64, "num_inference_steps": 4, "seed": 3,
-        "init_image": base64.b64encode(png_bytes()).decode(),
-        "mask_image": "data:image/png;base64," + base64.b64encode(
-            png_bytes(color="white")).decode()})
+    inp = served.post(
+        "/api/v3/inpaint",
+        {
+            "prompt": "p",
+            "width": 64,
+            "height": 64,
+            "num_inference_steps": 4,
+            "seed": 3,
+            "init_image": base64.b64encode(png_bytes()).decode(),
+            "mask_image": "data:image/png;base64,"
+            + base64.b64encode(png_bytes(color="white")).decode(),
+        },
+    )
     assert inp["status"] == "success", inp
     assert download(served, inp["output"][0]).size == (64, 64)
 
@@ -134,30 +169,45 @@ def test_bad_input_is_a_wire_error_and_leaves_no_job(
 
 
 def test_malformed_bodies_and_keys(served: Served) -> None:
-    raw = served.http.post("/api/v3/text2img", content=b"{oops",
-                           headers={"content-type": "application/json"})
+    raw = served.http.post(
+        "/api/v3/text2img", content=b"{oops", headers={"content-type": "application/json"}
+    )
     assert raw.status_code == 200 and raw.json()["status"] == "error"
     wrong = served.http.post("/api/v3/text2img", json={"key": "nope", "prompt": "p"}).json()
     assert wrong["message"] == "Invalid Api Key"
-    bearer = served.http.post("/api/v3/system_load",
-                              headers={"Authorization": f"Bearer {served.key}"}).json()
+    bearer = served.http.post(
+        "/api/v3/system_load", headers={"Authorization": f"Bearer {served.key}"}
+    ).json()
     assert bearer["status"] == "ok"
 
 
 def test_a_key_sees_only_its_own_jobs(served: Served) -> None:
-    mine = served.post("/api/v3/text2img", {"prompt": "p", "width": 64, "height": 64,
-                                            "num_inference_steps": 2})
+    mine = served.post(
+        "/api/v3/text2img", {"prompt": "p", "width": 64, "height": 64, "num_inference_steps": 2}
+    )
     theirs = served.http.post(f"/api/v3/fetch/{mine['id']}", json={"key": served.other_key})
     unknown = served.post("/api/v3/fetch/987654321")
-    assert theirs.json() == unknown == {"status": "error", "message": "Request not found",
-                                        "messege": "Request not found"}
+    assert (
+        theirs.json()
+        == unknown
+        == {"status": "error", "message": "Request not found", "messege": "Request not found"}
+    )
 
 
 def test_system_load_counts_the_real_queue(served: Served) -> None:
-    ids = [served.post("/api/v3/text2img", {"prompt": str(i), "width": 256, "height": 256,
-                                            "num_inference_steps": 10,
-                                            "instant_response": True})["id"]
-           for i in range(3)]
+    ids = [
+        served.post(
+            "/api/v3/text2img",
+            {
+                "prompt": str(i),
+                "width": 256,
+                "height": 256,
+                "num_inference_steps": 10,
+                "instant_response": True,
+            },
+        )["id"]
+        for i in range(3)
+    ]
     load = served.post("/api/v3/system_load")
     assert load["status"] == "ok" and 1 <= load["queue_num"] <= 3
     assert isinstance(load["queue_time"], int)

@@ -81,8 +81,10 @@ def png_b64(size: tuple[int, int] = (64, 64), color: str = "red") -> str:
 
 
 def test_text2img_success_within_the_sync_window(server: Server) -> None:
-    answer = server.post("/api/v3/text2img", {"prompt": "a lighthouse", "width": "64",
-                                              "height": "64", "samples": "2", "seed": 7})
+    answer = server.post(
+        "/api/v3/text2img",
+        {"prompt": "a lighthouse", "width": "64", "height": "64", "samples": "2", "seed": 7},
+    )
     assert answer["status"] == "success"
     assert isinstance(answer["id"], int) and isinstance(answer["generationTime"], float)
     assert len(answer["output"]) == 2
@@ -110,8 +112,9 @@ def test_processing_then_fetch_gives_the_promised_links(idle_server: Server) -> 
     assert polled["status"] == "processing" and polled["messege"] == "try again later."
     assert polled["queue_position"] == 1 and polled["eta"] > 0 and polled["output"] == []
     # A worker arrives and does the job: fetch now answers success at the promised URLs.
-    worker = Worker(idle_server.backends.queue, idle_server.backends.images, FakeEngine(),
-                    lease_s=30)
+    worker = Worker(
+        idle_server.backends.queue, idle_server.backends.images, FakeEngine(), lease_s=30
+    )
     assert worker.run_once()
     done = idle_server.post("/api/v3/fetch", {"request_id": str(answer["id"])})
     assert done["status"] == "success" and done["output"] == answer["future_links"]
@@ -134,8 +137,12 @@ def test_queue_position_counts_jobs_ahead(idle_server: Server) -> None:
 
 def test_failed_job_answers_failed_with_the_reason(idle_server: Server) -> None:
     answer = idle_server.post("/api/v3/text2img", {"prompt": "p"})
-    worker = Worker(idle_server.backends.queue, idle_server.backends.images,
-                    FakeEngine(fail_with="out of memory"), lease_s=30)
+    worker = Worker(
+        idle_server.backends.queue,
+        idle_server.backends.images,
+        FakeEngine(fail_with="out of memory"),
+        lease_s=30,
+    )
     worker.run_once()
     failed = idle_server.post(f"/api/v3/fetch/{answer['id']}")
     assert failed["status"] == "failed" and failed["message"] == "Failed, Try Again"
@@ -145,8 +152,10 @@ def test_failed_job_answers_failed_with_the_reason(idle_server: Server) -> None:
 
 @pytest.mark.parametrize("how", ["body", "header", "bearer"])
 def test_key_may_come_from_body_header_or_bearer(server: Server, how: str) -> None:
-    headers = {"header": {"key": server.key},
-               "bearer": {"Authorization": f"Bearer {server.key}"}}.get(how, {})
+    headers = {
+        "header": {"key": server.key},
+        "bearer": {"Authorization": f"Bearer {server.key}"},
+    }.get(how, {})
     body = {"key": server.key} if how == "body" else {}
     answer = server.client.post("/api/v3/system_load", json=body, headers=headers).json()
     assert answer["status"] == "ok"
@@ -157,15 +166,20 @@ def test_bad_key_is_refused_exactly_as_the_real_api(server: Server, key: str | N
     body = {"prompt": "p"} if key is None else {"prompt": "p", "key": key}
     response = server.client.post("/api/v3/text2img", json=body)
     assert response.status_code == 200
-    assert response.json() == {"status": "error", "message": "Invalid Api Key",
-                               "messege": "Invalid Api Key", "tip": INVALID_KEY_TIP}
+    assert response.json() == {
+        "status": "error",
+        "message": "Invalid Api Key",
+        "messege": "Invalid Api Key",
+        "tip": INVALID_KEY_TIP,
+    }
     assert server.job_count() == 0
 
 
 def test_another_keys_job_looks_unknown(idle_server: Server) -> None:
     job_id = idle_server.post("/api/v3/text2img", {"prompt": "p"})["id"]
-    foreign = idle_server.client.post(f"/api/v3/fetch/{job_id}",
-                                      json={"key": idle_server.other_key}).json()
+    foreign = idle_server.client.post(
+        f"/api/v3/fetch/{job_id}", json={"key": idle_server.other_key}
+    ).json()
     unknown = idle_server.post(f"/api/v3/fetch/{job_id + 999}")
     garbage = idle_server.post("/api/v3/fetch/not-a-number")
     expected = {"status": "error", "message": "Request not found", "messege": "Request not found"}
@@ -180,8 +194,10 @@ def test_another_keys_job_looks_unknown(idle_server: Server) -> None:
         ({"prompt": "p", "width": "100"}, {"width": ["The width must be a multiple of 8."]}),
         ({"prompt": "p", "height": 4096}, {"height": ["The height must be between 64 and 1024."]}),
         ({"prompt": "p", "samples": "5"}, {"samples": ["The samples must be between 1 and 4."]}),
-        ({"prompt": "p", "num_inference_steps": "many"},
-         {"num_inference_steps": ["The num inference steps must be an integer."]}),
+        (
+            {"prompt": "p", "num_inference_steps": "many"},
+            {"num_inference_steps": ["The num inference steps must be an integer."]},
+        ),
     ],
 )
 def test_bad_fields_answer_laravel_errors_and_leave_no_job(
@@ -194,17 +210,27 @@ def test_bad_fields_answer_laravel_errors_and_leave_no_job(
 
 @pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"\xff\xfe"])
 def test_a_body_that_is_not_a_json_object_is_an_error(server: Server, raw: bytes) -> None:
-    response = server.client.post("/api/v3/text2img", content=raw,
-                                  headers={"content-type": "application/json"})
+    response = server.client.post(
+        "/api/v3/text2img", content=raw, headers={"content-type": "application/json"}
+    )
     assert response.status_code == 200 and response.json()["status"] == "error"
     assert server.job_count() == 0
 
 
 def test_form_bodies_and_unknown_fields_work(server: Server) -> None:
-    response = server.client.post("/api/v3/text2img", data={
-        "key": server.key, "prompt": "p", "width": "64", "height": "64", "seed": "null",
-        "enhance_prompt": "yes", " enhance_prompt": "no", "model_id": "whatever",
-    })
+    response = server.client.post(
+        "/api/v3/text2img",
+        data={
+            "key": server.key,
+            "prompt": "p",
+            "width": "64",
+            "height": "64",
+            "seed": "null",
+            "enhance_prompt": "yes",
+            " enhance_prompt": "no",
+            "model_id": "whatever",
+        },
+    )
     answer = response.json()
     assert answer["status"] == "success" and isinstance(answer["meta"]["seed"], int)
 
@@ -218,22 +244,37 @@ def test_same_seed_same_image_and_random_seed_reported(server: Server) -> None:
 
 
 def test_img2img_and_inpaint_take_base64_and_data_uris(server: Server) -> None:
-    i2i = server.post("/api/v3/img2img", {"prompt": "p", "init_image": png_b64(),
-                                          "width": 64, "height": 64, "strength": "0.5"})
+    i2i = server.post(
+        "/api/v3/img2img",
+        {"prompt": "p", "init_image": png_b64(), "width": 64, "height": 64, "strength": "0.5"},
+    )
     assert i2i["status"] == "success" and i2i["meta"]["strength"] == 0.5
     # base64 inputs are echoed as the stored copy's URL, never as base64.
     assert i2i["meta"]["init_image"].startswith(f"{BASE}/inputs/")
     assert server.client.get(i2i["meta"]["init_image"]).status_code == 200
-    inp = server.post("/api/v3/inpaint", {
-        "prompt": "p", "width": 64, "height": 64,
-        "init_image": "data:image/png;base64," + png_b64(),
-        "mask_image": "data:image/png;base64," + png_b64(color="white"),
-    })
+    inp = server.post(
+        "/api/v3/inpaint",
+        {
+            "prompt": "p",
+            "width": 64,
+            "height": 64,
+            "init_image": "data:image/png;base64," + png_b64(),
+            "mask_image": "data:image/png;base64," + png_b64(color="white"),
+        },
+    )
     assert inp["status"] == "success" and inp["meta"]["mask_image"].startswith(f"{BASE}/inputs/")
 
 
-@pytest.mark.parametrize("init", ["bm90IGFuIGltYWdl", "!!!", "http://127.0.0.1:9/x.png",
-                                  "http://169.254.169.254/latest/meta-data", "file:///etc/passwd"])
+@pytest.mark.parametrize(
+    "init",
+    [
+        "bm90IGFuIGltYWdl",
+        "!!!",
+        "http://127.0.0.1:9/x.png",
+        "http://169.254.169.254/latest/meta-data",
+        "file:///etc/passwd",
+    ],
+)
 def test_bad_or_unsafe_images_are_refused_before_any_job(server: Server, init: str) -> None:
     answer = server.post("/api/v3/img2img", {"prompt": "p", "init_image": init})
     assert answer["status"] == "error" and "init_image" in answer["detail"]

@@ -30,8 +30,13 @@ def test_numbers_as_strings_and_flags_as_words() -> None:
     values = read_fields(
         {"prompt": "x", "width": "256", "guidance_scale": "7", "instant_response": "yes"}, FIELDS
     )
-    assert values == {"prompt": "x", "width": 256, "guidance_scale": 7.0,
-                      "instant_response": True, "num_inference_steps": 20}
+    assert values == {
+        "prompt": "x",
+        "width": 256,
+        "guidance_scale": 7.0,
+        "instant_response": True,
+        "num_inference_steps": 20,
+    }
 
 
 @pytest.mark.parametrize("absent", [None, "", "null", "NULL", " "])
@@ -40,8 +45,10 @@ def test_absent_spellings_take_the_default(absent: object) -> None:
     assert values["width"] == 512 and values["instant_response"] is False
 
 
-@pytest.mark.parametrize(("raw", "flag"), [(True, True), ("no", False), ("false", False),
-                                           ("TRUE", True), (1, True), ("0", False)])
+@pytest.mark.parametrize(
+    ("raw", "flag"),
+    [(True, True), ("no", False), ("false", False), ("TRUE", True), (1, True), ("0", False)],
+)
 def test_flag_spellings(raw: object, flag: bool) -> None:
     assert read_fields({"prompt": "x", "instant_response": raw}, FIELDS)["instant_response"] is flag
 
@@ -56,8 +63,15 @@ def test_missing_prompt_is_the_laravel_message() -> None:
 
 
 def test_every_error_is_reported_at_once() -> None:
-    errors = errors_of({"prompt": "x", "width": "100", "guidance_scale": "loud",
-                        "instant_response": "maybe", "steps": "2.5"})
+    errors = errors_of(
+        {
+            "prompt": "x",
+            "width": "100",
+            "guidance_scale": "loud",
+            "instant_response": "maybe",
+            "steps": "2.5",
+        }
+    )
     assert errors == {
         "width": ["The width must be a multiple of 8."],
         "guidance_scale": ["The guidance scale must be a number."],
