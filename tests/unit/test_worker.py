@@ -1,0 +1,92 @@
+"""The worker loop on memory backends: outcomes, failures, lost leases."""
+
+from __future__ import annotations
+
+import threading
+
+from sdapi.jobs import JobStatus
+from sdapi.queue.base import NewJob
+from sdapi.queue.memory import MemoryQueue
+from sdapi.storage.memory import MemoryStore
+from sdapi.worker.runner import Worker
+from tests.helpers import FakeEngine, make_request
+
+
+def enqueue(queue: MemoryQueue, **changes: object) -> int:
+    request = make_request(**changes)
+    names = tuple(f"generations/job-{request.seed}-{i}.png" for i in range(request.samples))
+    return queue.enqueue(NewJob("owner", request, names)).id
+
+
+def test_success_writes_every_promised_file() -> None:
+    queue, store = MemoryQueue(), MemoryStore()
+    job_id = enqueue(queue, samples=3)
+    assert Worker(queue, store, FakeEngine(), lease_s=30).run_once()
+    job = queue.get(job_id)
+    assert job is not None and job.status is JobStatus.SUCCESS
+    assert sorted(store.files) == sorted(job.output_names)
+    assert all(data.startswith(b"\x89PNG") for data in store.files.values())
+
+
+def test_engine_error_fails_the_job_with_its_reason() -> None:
+    queue, store = MemoryQueue(), MemoryStore()
+    job_id = enqueue(queue)
+    Worker(queue, store, FakeEngine(fail_with="CUDA out of memory"), lease_s=30).run_once()
+    job = queue.get(job_id)
+    assert job is not None and job.status is JobStatus.FAILED
+    assert job.error == "RuntimeError: CUDA out of memory"
+    assert store.files == {}
+
+
+def test_missing_input_image_fails_cleanly() -> None:
+    queue, store = MemoryQueue(), MemoryStore()
+    job_id = enqueue(queue, init_image="inputs/gone-init.png", strength=0.5)
+    Worker(queue, store, FakeEngine(), lease_s=30).run_once()
+    job = queue.get(job_id)
+    assert job is not None and job.status is JobStatus.FAILED and "missing" in (job.error or "")
+
+
+class LosingQueue(MemoryQueue):
+    """A queue whose heartbeats say the lease is gone (another worker took the job over)."""
+
+    def heartbeat(self, lease_id: str, *, lease_s: float, progress: float | None = None) -> int:
+        return 0
+
+
+class SlowEngine(FakeEngine):
+    def generate(self, request, images=None, on_step=None):  # type: ignore[no-untyped-def]
+        for step in range(1000):
+            if on_step is not None and not on_step(step + 1, 1000):
+                raise RuntimeError("interrupted")
+            threading.Event().wait(0.01)
+        raise AssertionError("the lost lease should have stopped the generation")
+
+
+def test_a_lost_lease_stops_generation_and_records_nothing() -> None:
+    queue, store = LosingQueue(), MemoryStore()
+    job_id = enqueue(queue)
+    Worker(queue, store, SlowEngine(), lease_s=0.3).run_once()
+    job = queue.get(job_id)
+    assert job is not None and job.status is JobStatus.PROCESSING  # untouched: not ours any more
+    assert store.files == {}
+
+
+def test_worker_ignores_jobs_for_other_models() -> None:
+    queue, store = MemoryQueue(), MemoryStore()
+    enqueue(queue, model="someone-else")
+    assert not Worker(queue, store, FakeEngine(), lease_s=30).run_once()
+
+
+def test_run_stops_when_asked_and_deregisters() -> None:
+    queue, store = MemoryQueue(), MemoryStore()
+    stop = threading.Event()
+    worker = Worker(queue, store, FakeEngine(), lease_s=30)
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    job_id = enqueue(queue)
+    while queue.get(job_id).status is not JobStatus.SUCCESS:  # type: ignore[union-attr]
+        threading.Event().wait(0.01)
+    assert queue.stats().live_workers == 1
+    stop.set()
+    thread.join(timeout=5)
+    assert not thread.is_alive() and queue.stats().live_workers == 0
