@@ -194,8 +194,11 @@ def _first_key(store: Any) -> None:
     if store.list():
         return
     key, secret = store.create("first")
-    click.echo(f"No API key existed, so one was created ({key.id}). Keep it; it is not shown "
-               f"again (manage keys with `sdapi keys`):\n\n    {secret}\n", err=True)
+    click.echo(
+        f"No API key existed, so one was created ({key.id}). Keep it; it is not shown "
+        f"again (manage keys with `sdapi keys`):\n\n    {secret}\n",
+        err=True,
+    )
 
 
 def _key_store(flags: dict[str, Any]) -> Any:

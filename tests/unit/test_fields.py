@@ -116,3 +116,12 @@ def test_unknown_scheduler_is_refused() -> None:
     with pytest.raises(ValidationFailed) as info:
         read_generation({"prompt": "p", "scheduler": "FancyScheduler"}, Settings(), Task.TEXT2IMG)
     assert info.value.message == {"scheduler": ["The selected scheduler is invalid."]}
+
+
+def test_known_but_unsupported_scheduler_says_why() -> None:
+    with pytest.raises(ValidationFailed) as info:
+        read_generation(
+            {"prompt": "p", "scheduler": "DDIMInverseScheduler"}, Settings(), Task.TEXT2IMG
+        )
+    [text] = info.value.message["scheduler"]  # type: ignore[index]
+    assert text.startswith("The scheduler DDIMInverseScheduler is not supported: inversion only")

@@ -6,7 +6,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from sdapi.api.v3.fields import Field, read_fields
-from sdapi.engine.schedulers import SCHEDULERS
+from sdapi.engine.schedulers import SCHEDULERS, UNSUPPORTED
+from sdapi.errors import ValidationFailed
 from sdapi.jobs import Task
 from sdapi.settings import Settings
 
@@ -113,7 +114,7 @@ def generation_fields(settings: Settings, task: Task) -> list[Field]:
         Field(
             "scheduler",
             "str",
-            choices=frozenset(SCHEDULERS),
+            choices=frozenset(SCHEDULERS) | frozenset(UNSUPPORTED),
             description="Sampler; the model's default when absent.",
         ),
         Field(
@@ -155,6 +156,11 @@ def generation_fields(settings: Settings, task: Task) -> list[Field]:
 
 def read_generation(body: dict[str, Any], settings: Settings, task: Task) -> GenerationParams:
     values = read_fields(body, generation_fields(settings, task))
+    if values["scheduler"] in UNSUPPORTED:
+        name = values["scheduler"]
+        raise ValidationFailed.one(
+            "scheduler", f"The scheduler {name} is not supported: {UNSUPPORTED[name]}."
+        )
     if values["seed"] == -1:
         values["seed"] = None
     # Image fields a task has no use for are ignored, like any unknown field.
