@@ -1,0 +1,195 @@
+"""`Engine`: one loaded model that turns a `GenerationRequest` into images.
+
+The text2img pipeline is loaded once; img2img and inpaint are derived from it with `from_pipe`
+on first use, so all three share one set of weights. Every call gets a fresh scheduler built from
+the model's original scheduler config (schedulers are stateful, and a request's choice must not
+leak into the next call) and one CPU generator per image, seeded from the request, so an image
+depends only on its own seed: the same request gives the same bytes on any device, in any
+process. Inpainting pastes the init image back outside the mask.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+
+from sdapi.engine.models import load_pipeline
+from sdapi.engine.schedulers import make_scheduler
+from sdapi.jobs import GenerationRequest, Task
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline, SchedulerMixin
+
+#: on_step(step_done, total_steps) -> False to cancel.
+StepCallback = Callable[[int, int], bool]
+
+
+class GenerationCancelled(Exception):
+    """`on_step` returned False: the generation stopped early and made no images."""
+
+
+class Engine:
+    """One model on one device. Calls are serialised: the pipelines are shared, mutable state."""
+
+    def __init__(
+        self, model: str, models_dir: Path, device: str = "cpu", threads: int | None = None
+    ) -> None:
+        #: The model reference as given (repo id, folder or `sdapi-tiny`).
+        self.model = model
+        self.models_dir = Path(models_dir)
+        self.device = device
+        self.threads = threads
+        self._pipes: dict[Task, DiffusionPipeline] = {}
+        self._scheduler_config: dict[str, Any] = {}
+        self._default_scheduler: type[SchedulerMixin] | None = None
+        # Reentrant: generate() holds it while calling load().
+        self._lock = threading.RLock()
+
+    def load(self) -> None:
+        """Load the text2img pipeline; does nothing when it is already loaded."""
+        with self._lock:
+            if Task.TEXT2IMG in self._pipes:
+                return
+            if self.threads is not None:
+                import torch
+
+                # Process-wide; it also fixes the float rounding, so outputs stay reproducible.
+                torch.set_num_threads(self.threads)
+            pipe = load_pipeline(self.model, self.models_dir, self.device)
+            # Kept before any request swaps the scheduler: every call starts from this.
+            self._scheduler_config = dict(pipe.scheduler.config)
+            self._default_scheduler = type(pipe.scheduler)
+            self._pipes[Task.TEXT2IMG] = pipe
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        images: Mapping[str, Image.Image] | None = None,
+        on_step: StepCallback | None = None,
+    ) -> list[Image.Image]:
+        """`request.samples` RGB images; `images` holds "init" (img2img, inpaint) and "mask".
+
+        Loads the model first if need be (ConfigurationError when it cannot). Raises
+        GenerationCancelled when `on_step` returns False, ValueError for a request this model
+        cannot run (unknown scheduler, missing input image, a task the model lacks).
+        """
+        with self._lock:
+            self.load()
+            scheduler = self._fresh_scheduler(request.scheduler)
+            pipe = self._pipeline(request.task)
+            pipe.scheduler = scheduler
+            inputs = _common_inputs(request) | _task_inputs(pipe, request, images or {})
+            if on_step is not None:
+                inputs["callback_on_step_end"] = _step_callback(on_step)
+            result = pipe(**inputs)
+        outputs = [image.convert("RGB") for image in result.images]
+        if request.task is Task.INPAINT:
+            outputs = [
+                _keep_unmasked(out, inputs["image"], inputs["mask_image"]) for out in outputs
+            ]
+        return outputs
+
+    def _fresh_scheduler(self, name: str | None) -> SchedulerMixin:
+        if name is None:
+            assert self._default_scheduler is not None  # set by load()
+            return self._default_scheduler.from_config(self._scheduler_config)
+        return make_scheduler(name, self._scheduler_config)
+
+    def _pipeline(self, task: Task) -> DiffusionPipeline:
+        """The pipeline for `task`, derived from the text2img one on first use."""
+        if task not in self._pipes:
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+            auto = AutoPipelineForImage2Image if task is Task.IMG2IMG else AutoPipelineForInpainting
+            try:
+                pipe = auto.from_pipe(self._pipes[Task.TEXT2IMG])
+            except ValueError as exc:  # the model family has no pipeline for this task
+                raise ValueError(f"model {self.model} cannot run {task}: {exc}") from exc
+            pipe.set_progress_bar_config(disable=True)  # from_pipe does not copy it
+            self._pipes[task] = pipe
+        return self._pipes[task]
+
+
+def _common_inputs(request: GenerationRequest) -> dict[str, Any]:
+    import torch
+
+    samples = request.samples
+    return {
+        # One prompt and one generator per image, instead of num_images_per_prompt, so image i
+        # is the same whether it is made alone or in a batch. CPU generators give the same noise
+        # on every device.
+        "prompt": [request.prompt] * samples,
+        "negative_prompt": [request.negative_prompt] * samples,
+        "generator": [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds()],
+        "num_images_per_prompt": 1,
+        "num_inference_steps": request.steps,
+        "guidance_scale": request.guidance_scale,
+        "output_type": "pil",
+    }
+
+
+def _task_inputs(
+    pipe: DiffusionPipeline, request: GenerationRequest, images: Mapping[str, Image.Image]
+) -> dict[str, Any]:
+    size = (request.width, request.height)
+    inputs: dict[str, Any] = {}
+    # Explicit wherever accepted: inpaint would otherwise default to the UNet's size (512 px).
+    if _accepts(pipe, "height"):
+        inputs |= {"height": request.height, "width": request.width}
+    if request.task is Task.TEXT2IMG:
+        return inputs
+    inputs["image"] = _fit(_input_image(images, "init", request.task).convert("RGB"), size)
+    if request.strength is not None:
+        inputs["strength"] = request.strength
+    if request.task is Task.INPAINT:
+        mask = _input_image(images, "mask", request.task).convert("L")  # white = repaint
+        inputs["mask_image"] = _fit(mask, size, Image.Resampling.BILINEAR)
+    return inputs
+
+
+def _input_image(images: Mapping[str, Image.Image], name: str, task: Task) -> Image.Image:
+    if name not in images:
+        raise ValueError(f"{task} needs the {name!r} image")
+    return images[name]
+
+
+def _fit(
+    image: Image.Image,
+    size: tuple[int, int],
+    resample: Image.Resampling = Image.Resampling.LANCZOS,
+) -> Image.Image:
+    return image if image.size == size else image.resize(size, resample)
+
+
+def _keep_unmasked(image: Image.Image, init: Image.Image, mask: Image.Image) -> Image.Image:
+    """Put the init image back where the mask is black, blending along a soft mask's edge.
+
+    The pipeline returns a VAE round trip of the whole picture, which alters the unmasked area too
+    (slightly with real models, completely with the tiny one); users expect it left untouched.
+    """
+    return Image.composite(image, init, mask)
+
+
+def _accepts(pipe: DiffusionPipeline, parameter: str) -> bool:
+    return parameter in inspect.signature(pipe.__call__).parameters
+
+
+def _step_callback(on_step: StepCallback) -> Callable[..., dict[str, Any]]:
+    def callback(
+        pipe: DiffusionPipeline, step_index: int, timestep: Any, tensors: dict[str, Any]
+    ) -> dict[str, Any]:
+        # num_timesteps counts the steps that really run: fewer for img2img/inpaint with
+        # strength < 1, more for second-order schedulers (Heun, KDPM2).
+        total = getattr(pipe, "num_timesteps", None) or step_index + 1
+        if on_step(step_index + 1, total) is False:
+            pipe._interrupt = True  # stops the denoising loop should anything swallow the raise
+            # Raising here, not after the call, also skips the VAE decode of a result nobody wants.
+            raise GenerationCancelled(f"cancelled after step {step_index + 1} of {total}")
+        return tensors
+
+    return callback

@@ -1,0 +1,135 @@
+"""Where a model comes from, and loading it as a diffusers text-to-image pipeline.
+
+A model reference is one of: the built-in `sdapi-tiny` (built on first use under the models
+directory), a local diffusers folder, or a Hugging Face repo id ("owner/name", downloaded into the
+models directory's hub cache). Every mistake an operator can make here becomes one clear
+`ConfigurationError` line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sdapi.engine.tiny import MODEL_INDEX, TINY_MODEL_ID, build_tiny_model
+from sdapi.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+#: Hugging Face repo ids: "owner/name", letters, digits, "-", "_", "."; no "--" or "..".
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$", re.ASCII)
+#: Single-file checkpoints: recognised only to refuse them with a clear message.
+_CHECKPOINT_SUFFIXES = frozenset({".safetensors", ".ckpt", ".bin", ".pt", ".pth"})
+#: Library log levels we force unless the operator set their own (e.g. "info" to debug loading).
+_VERBOSITY_VARS = ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY")
+#: How much of a loader's error message the one-line ConfigurationError keeps.
+_MAX_REASON = 300
+
+
+def resolve_model_source(ref: str, models_dir: Path) -> str:
+    """What to hand `from_pretrained` for `ref`: a local folder path or a hub repo id."""
+    if ref == TINY_MODEL_ID:
+        return str(build_tiny_model(Path(models_dir) / TINY_MODEL_ID))
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / MODEL_INDEX).is_file():
+            raise ConfigurationError(
+                f"model folder {path} has no {MODEL_INDEX}: it is not a diffusers model folder"
+            )
+        return str(path.resolve())
+    if path.is_file():
+        raise ConfigurationError(
+            f"model {ref} is a single file; only diffusers folders and hub repo ids are supported"
+        )
+    if _looks_like_path(ref):
+        raise ConfigurationError(f"model path {ref} does not exist")
+    if not _is_repo_id(ref):
+        raise ConfigurationError(
+            f"model {ref!r} is neither {TINY_MODEL_ID}, an existing folder, "
+            "nor a Hugging Face repo id (owner/name)"
+        )
+    return ref
+
+
+def load_pipeline(ref: str, models_dir: Path, device: str = "cpu") -> DiffusionPipeline:
+    """Load `ref` as a text-to-image pipeline on `device`, progress bar off, no safety checker."""
+    models_dir = Path(models_dir)
+    source = resolve_model_source(ref, models_dir)
+    quiet_libraries()
+    import torch
+    from diffusers import AutoPipelineForText2Image
+
+    # Half precision halves GPU memory and time; CPUs have no fast fp16 kernels.
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    try:
+        pipe = AutoPipelineForText2Image.from_pretrained(
+            source,
+            dtype=dtype,
+            cache_dir=models_dir / "hub",
+            # Not loaded at all; pipelines without a safety checker ignore both arguments.
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+        pipe.to(device)
+    except Exception as exc:  # any loader failure is a configuration problem to report in a line
+        raise ConfigurationError(f"cannot load model {ref!r}: {_reason(exc)}") from exc
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def quiet_libraries() -> None:
+    """Silence diffusers/transformers chatter, warnings and progress bars; errors still show.
+
+    The environment variables must be set before transformers is first imported (it warns about
+    the missing torchvision at import time); the explicit calls cover a library imported earlier.
+    An operator's own DIFFUSERS_VERBOSITY/TRANSFORMERS_VERBOSITY wins.
+    """
+    forced = [var for var in _VERBOSITY_VARS if os.environ.setdefault(var, "error") == "error"]
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    # Loading/saving bars are noise in a worker's log (hub download bars are huggingface_hub's).
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    # diffusers still passes an argument huggingface_hub deprecated; nothing an operator can fix.
+    warnings.filterwarnings("ignore", message="The `local_dir_use_symlinks` argument is deprecated")
+    if "DIFFUSERS_VERBOSITY" in forced:
+        diffusers.utils.logging.set_verbosity_error()
+    if "TRANSFORMERS_VERBOSITY" in forced:
+        transformers.utils.logging.set_verbosity_error()
+
+
+def _looks_like_path(ref: str) -> bool:
+    """Refs the operator meant as a path, even though "owner/name" contains a slash too."""
+    return (
+        ref.startswith(("/", ".", "~"))
+        or "\\" in ref
+        or ref.count("/") > 1
+        or Path(ref).suffix.lower() in _CHECKPOINT_SUFFIXES
+    )
+
+
+def _is_repo_id(ref: str) -> bool:
+    return bool(_REPO_ID.match(ref)) and "--" not in ref and ".." not in ref
+
+
+def _reason(exc: BaseException) -> str:
+    """One line on why loading failed; diffusers hides "the hub is unreachable" under "no file"."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    link: BaseException | None = exc
+    while link is not None:
+        if isinstance(link, LocalEntryNotFoundError):
+            return "not in the local cache, and the Hugging Face hub cannot be reached"
+        link = link.__cause__ or link.__context__
+    return _one_line(exc)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    reason = lines[0] if lines else type(exc).__name__
+    return reason[:_MAX_REASON]
