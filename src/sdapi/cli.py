@@ -100,10 +100,13 @@ def serve(**flags: Any) -> None:
 
     from sdapi.api.app import create_app
     from sdapi.backends import open_backends
+    from sdapi.engine.models import check_model_ref
     from sdapi.worker.process import WorkerSupervisor
 
     settings = load_settings(flags)
     configure_logging(settings.log_level)
+    if settings.workers:  # a bad --model fails here, not in a worker restarted forever
+        _or_exit(check_model_ref, settings.model)
     backends = _or_exit(open_backends, settings)
     _first_key(backends.keys)
     supervisor = WorkerSupervisor(settings, settings.workers)

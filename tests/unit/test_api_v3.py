@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -301,3 +302,23 @@ def test_health_reports_workers(server: Server) -> None:
         time.sleep(0.05)
     health = server.client.get("/health")
     assert health.status_code == 200 and health.json()["workers"] == 1
+
+
+def test_multipart_bodies_carry_large_base64_images(server: Server) -> None:
+    noise = Image.frombytes("RGB", (700, 700), random.Random(0).randbytes(700 * 700 * 3))
+    out = io.BytesIO()
+    noise.save(out, format="PNG")
+    encoded = base64.b64encode(out.getvalue()).decode()
+    assert len(encoded) > 1024 * 1024  # over Starlette's default part limit
+    response = server.client.post(
+        "/api/v3/img2img",
+        data={
+            "key": server.key,
+            "prompt": "p",
+            "width": "64",
+            "height": "64",
+            "init_image": encoded,
+        },
+        files={"unused": ("x.txt", b"forces multipart/form-data")},
+    )
+    assert response.json()["status"] == "success", response.text

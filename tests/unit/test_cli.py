@@ -73,3 +73,11 @@ def test_settings_round_trip_through_the_environment(monkeypatch: pytest.MonkeyP
     for name, value in original.as_env().items():
         monkeypatch.setenv(name, value)
     assert load_settings({}) == original
+
+
+def test_serve_refuses_a_model_path_that_does_not_exist(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(
+        main, ["serve", "--data-dir", str(tmp_path), "--model", str(tmp_path / "no-such-model")]
+    )
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"sdapi: model path {tmp_path / 'no-such-model'} does not exist"

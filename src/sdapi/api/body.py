@@ -21,7 +21,8 @@ async def read_body(request: Request) -> dict[str, Any]:
         raise MalformedBody(f"The request body is larger than {MAX_BODY_BYTES} bytes")
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        form = await request.form()
+        # Base64 images arrive as large text parts; Starlette's 1 MB default would refuse them.
+        form = await request.form(max_part_size=MAX_BODY_BYTES)
         return {k: v for k, v in form.items() if isinstance(v, str)}
     raw = await request.body()
     if len(raw) > MAX_BODY_BYTES:

@@ -34,6 +34,13 @@ def resolve_model_source(ref: str, models_dir: Path) -> str:
     """What to hand `from_pretrained` for `ref`: a local folder path or a hub repo id."""
     if ref == TINY_MODEL_ID:
         return str(build_tiny_model(Path(models_dir) / TINY_MODEL_ID))
+    return check_model_ref(ref)
+
+
+def check_model_ref(ref: str) -> str:
+    """Validate a reference without loading anything (cheap: `serve` calls it at start)."""
+    if ref == TINY_MODEL_ID:
+        return ref
     path = Path(ref).expanduser()
     if path.is_dir():
         if not (path / MODEL_INDEX).is_file():

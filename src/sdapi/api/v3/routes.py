@@ -44,7 +44,8 @@ async def _generate(request: Request, task: Task) -> dict[str, Any]:
 
 
 def _body_doc(task: Task) -> dict[str, Any]:
-    fields = generation_fields(Settings(), task)
+    # Documented with the default limits; model_construct() reads no environment at import.
+    fields = generation_fields(Settings.model_construct(), task)
     schema = json_schema(fields)
     schema["properties"]["key"] = {"type": "string", "description": "Your API key."}
     content = {"schema": schema}
