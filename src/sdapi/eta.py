@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sdapi.jobs import Job, JobStatus
 from sdapi.queue.base import JobQueue, rate_key
 
@@ -9,22 +11,32 @@ from sdapi.queue.base import JobQueue, rate_key
 PRIOR_SECONDS_PER_UNIT = 0.4
 
 
+@dataclass(frozen=True, slots=True)
+class Wait:
+    #: Seconds until the job is likely done; 0 once it has ended.
+    eta: float
+    #: Place in line for a queued job (1 = next), else None.
+    position: int | None = None
+
+
 def seconds_per_unit(queue: JobQueue, job: Job) -> float:
     return queue.rate(rate_key(job.request.model, job.request.task)) or PRIOR_SECONDS_PER_UNIT
 
 
-def job_eta(queue: JobQueue, job: Job) -> float:
-    """Seconds until `job` is likely done; 0 once it has ended."""
+def wait_for(queue: JobQueue, job: Job) -> Wait:
+    """Where `job` stands: its place in line and the seconds until it is likely done."""
     rate = seconds_per_unit(queue, job)
     own = job.request.work_units
     if job.status is JobStatus.PROCESSING:
-        return rate * own * (1 - job.progress)
+        return Wait(rate * own * (1 - job.progress))
     if job.status is not JobStatus.QUEUED:
-        return 0.0
+        return Wait(0.0)
     place = queue.position(job.id)
-    ahead = place[1] if place else 0.0
+    if place is None:  # it was claimed meanwhile
+        return Wait(rate * own)
+    position, ahead = place
     workers = max(queue.stats().live_workers, 1)
-    return rate * (ahead / workers + own)
+    return Wait(rate * (ahead / workers + own), position)
 
 
 def queue_time(queue: JobQueue, default_rate_key: str) -> int:

@@ -16,8 +16,8 @@ from sdapi.api.v3.fields import json_schema, read_fields
 from sdapi.api.v3.protocol import FETCH_FIELDS, generation_fields, read_generation
 from sdapi.auth.keys import ApiKey
 from sdapi.errors import JobNotFound
-from sdapi.eta import job_eta, queue_time
-from sdapi.jobs import Job, JobStatus, Task
+from sdapi.eta import queue_time, wait_for
+from sdapi.jobs import Job, Task
 from sdapi.queue.base import rate_key
 from sdapi.settings import Settings
 
@@ -37,9 +37,9 @@ async def _generate(request: Request, task: Task) -> dict[str, Any]:
     job = await run_in_threadpool(state.submissions.create, key, task, params)
     timeout = 0.0 if params.instant_response else state.settings.sync_timeout
     job = await state.submissions.wait(job, timeout)
-    eta = await run_in_threadpool(job_eta, state.backends.queue, job)
+    wait = await run_in_threadpool(wait_for, state.backends.queue, job)
     return translate.submitted(
-        job, eta, translate.Links(state.base_url(request), state.backends.images)
+        job, wait.eta, translate.Links(state.base_url(request), state.backends.images)
     )
 
 
@@ -84,13 +84,9 @@ async def _fetch(request: Request, raw_id: Any) -> dict[str, Any]:
     if raw_id is None:
         raw_id = read_fields(body, FETCH_FIELDS)["request_id"]
     job = await run_in_threadpool(_own_job, state, key, raw_id)
-    queue = state.backends.queue
-    eta = await run_in_threadpool(job_eta, queue, job)
-    place = (
-        await run_in_threadpool(queue.position, job.id) if job.status is JobStatus.QUEUED else None
-    )
+    wait = await run_in_threadpool(wait_for, state.backends.queue, job)
     links = translate.Links(state.base_url(request), state.backends.images)
-    return translate.fetched(job, eta, links, position=place[0] if place else None)
+    return translate.fetched(job, wait.eta, links, position=wait.position)
 
 
 def _own_job(state: AppState, key: ApiKey, raw_id: Any) -> Job:

@@ -1,0 +1,49 @@
+"""Waiting times come from the measured rate, the work ahead and the live workers."""
+
+from __future__ import annotations
+
+import pytest
+
+from sdapi.eta import PRIOR_SECONDS_PER_UNIT, queue_time, wait_for
+from sdapi.queue.base import NewJob, WorkerInfo
+from sdapi.queue.memory import MemoryQueue
+from tests.helpers import FakeClock, make_request
+
+KEY = "sdapi-tiny|text2img"
+
+
+def enqueue(queue: MemoryQueue, **changes: object) -> int:
+    return queue.enqueue(NewJob("o", make_request(**changes), ("generations/a-0.png",))).id
+
+
+def test_before_any_measurement_the_prior_is_used() -> None:
+    queue = MemoryQueue()
+    job = queue.get(enqueue(queue, steps=10))
+    assert job is not None
+    wait = wait_for(queue, job)
+    assert wait.position == 1
+    assert wait.eta == pytest.approx(PRIOR_SECONDS_PER_UNIT * job.request.work_units)
+
+
+def test_measured_rate_work_ahead_and_workers() -> None:
+    clock = FakeClock()
+    queue = MemoryQueue(clock=clock)
+    first = enqueue(queue, steps=8, width=512, height=512)  # 8 units
+    [claimed] = queue.claim("w", lease_s=30)
+    queue.complete(first, claimed.lease_id or "", generation_seconds=4.0)  # 0.5 s per unit
+    running = enqueue(queue, steps=8, width=512, height=512)
+    [held] = queue.claim("w", lease_s=30)
+    queue.heartbeat(held.lease_id or "", lease_s=30, progress=0.25)
+    waiting = enqueue(queue, steps=4, width=512, height=512)  # 4 units
+    job = queue.get(waiting)
+    assert job is not None
+    # one worker: 6 units left on the running job, then its own 4
+    assert wait_for(queue, job).eta == pytest.approx(0.5 * (6 + 4))
+    for name in ("w1", "w2"):
+        queue.register_worker(WorkerInfo(name, "h", 1, "cpu", "sdapi-tiny"))
+    assert wait_for(queue, job).eta == pytest.approx(0.5 * (6 / 2 + 4))
+    running_job = queue.get(running)
+    assert running_job is not None
+    assert wait_for(queue, running_job).eta == pytest.approx(0.5 * 6)
+    assert wait_for(queue, running_job).position is None
+    assert queue_time(queue, KEY) == round(0.5 * (6 + 4) / 2)
