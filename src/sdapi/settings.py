@@ -27,6 +27,14 @@ class Settings(BaseSettings):
     database: str = ""
     #: Where images are kept; empty means `<data_dir>/images`.
     storage: str = ""
+    #: S3-compatible storage (`--storage s3://bucket/prefix`). Credentials may also come from
+    #: the usual AWS variables and files; empty values leave boto3's own lookup in charge.
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    #: Public base URL of the bucket (a CDN or the bucket's website); empty: the API serves images.
+    s3_public_url: str = ""
     #: Base URL clients reach this server at (behind a proxy); empty means the request's own.
     public_url: str = ""
     host: str = "127.0.0.1"

@@ -191,3 +191,4 @@ def test_claim_only_takes_models_the_worker_serves(queue: JobQueue) -> None:
     assert [j.id for j in queue.claim("w", lease_s=LEASE, models=["sdapi-tiny"])] == [mine]
     assert queue.claim("w", lease_s=LEASE, models=["sdapi-tiny"]) == []
     assert [j.id for j in queue.claim("w", lease_s=LEASE, models=["other-model"])] == [other]
+

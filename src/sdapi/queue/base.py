@@ -95,6 +95,13 @@ class JobQueue(Protocol):
         """Measured seconds per work unit for a rate key, None before any job finished."""
         ...
 
+    def wait_for_work(self, timeout: float) -> None:
+        """Block until work may have arrived (a job enqueued or released) or `timeout` passed.
+
+        Backends that can be told (PostgreSQL's NOTIFY) wake at once; others simply sleep.
+        """
+        ...
+
     def register_worker(self, info: WorkerInfo) -> None: ...
 
     def worker_seen(self, worker_id: str, state: str) -> None: ...

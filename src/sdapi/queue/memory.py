@@ -28,6 +28,7 @@ class MemoryQueue:
         self._rates: dict[str, float] = {}
         self._workers: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
 
     def enqueue(self, new: NewJob) -> Job:
         with self._lock:
@@ -43,6 +44,7 @@ class MemoryQueue:
                 echo=dict(new.echo),
             )
             self._jobs[job.id] = job
+            self._arrived.notify_all()
         return job
 
     def get(self, job_id: int) -> Job | None:
@@ -181,6 +183,10 @@ class MemoryQueue:
 
     def rate(self, key: str) -> float | None:
         return self._rates.get(key)
+
+    def wait_for_work(self, timeout: float) -> None:
+        with self._arrived:
+            self._arrived.wait(timeout)
 
     def register_worker(self, info: WorkerInfo) -> None:
         self._workers[info.id] = self.clock()

@@ -223,6 +223,10 @@ class SQLiteQueue:
         )
         return row[0] if row else None
 
+    def wait_for_work(self, timeout: float) -> None:
+        # SQLite cannot signal another process; the idle claim is a cheap indexed read.
+        time.sleep(timeout)
+
     def register_worker(self, info: WorkerInfo) -> None:
         now = self.clock()
         with self.db.write() as conn:

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: How often an idle worker looks for work (a cheap indexed read when there is none).
+#: The longest an idle worker waits before looking for work again (a cheap read when there is
+#: none); a queue that can signal new work wakes it sooner.
 IDLE_POLL_S = 0.1
 #: How often an idle worker tells the queue it is alive.
 PRESENCE_S = 5.0
@@ -80,7 +81,7 @@ class Worker:
                 if time.monotonic() - last_seen > PRESENCE_S:
                     self.queue.worker_seen(self.id, "ready")
                     last_seen = time.monotonic()
-                stop.wait(IDLE_POLL_S)
+                self.queue.wait_for_work(IDLE_POLL_S)
         finally:
             self.queue.remove_worker(self.id)
 
