@@ -26,6 +26,14 @@ OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "--data-dir": ("data_dir", {"help": "Directory for the database, images and models."}),
     "--database": ("database", {"help": "Database URL (default sqlite:///<data-dir>/sdapi.db)."}),
     "--storage": ("storage", {"help": "Image store (default <data-dir>/images)."}),
+    "--s3-endpoint-url": ("s3_endpoint_url", {"help": "S3-compatible endpoint (MinIO, R2, ...)."}),
+    "--s3-region": ("s3_region", {"help": "S3 region."}),
+    "--s3-access-key-id": ("s3_access_key_id", {"help": "S3 access key id."}),
+    "--s3-secret-access-key": ("s3_secret_access_key", {"help": "S3 secret access key."}),
+    "--s3-public-url": (
+        "s3_public_url",
+        {"help": "Public base URL of the bucket for image links."},
+    ),
     "--public-url": ("public_url", {"help": "Base URL clients reach this server at."}),
     "--host": ("host", {"help": "Address to listen on (default 127.0.0.1)."}),
     "--port": ("port", {"type": int, "help": "Port to listen on (default 7860)."}),
@@ -52,8 +60,23 @@ OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
         "http_errors",
         {"default": None, "help": "Answer errors with HTTP 4xx instead of 200."},
     ),
+    "--max-attempts": (
+        "max_attempts",
+        {"type": int, "help": "A job whose worker died this often fails."},
+    ),
     "--log-level": ("log_level", {"help": "debug, info, warning or error."}),
 }
+#: Where the shared state lives: what every process of one deployment must agree on.
+STORE_FLAGS = (
+    "--data-dir",
+    "--database",
+    "--storage",
+    "--s3-endpoint-url",
+    "--s3-region",
+    "--s3-access-key-id",
+    "--s3-secret-access-key",
+    "--s3-public-url",
+)
 
 
 def settings_options(*flags: str) -> Callable[[F], F]:
@@ -126,13 +149,12 @@ def serve(**flags: Any) -> None:
 
 @main.command()
 @settings_options(
-    "--data-dir",
-    "--database",
-    "--storage",
+    *STORE_FLAGS,
     "--model",
     "--device",
     "--threads",
     "--lease-seconds",
+    "--max-attempts",
     "--log-level",
 )
 def worker(**flags: Any) -> None:

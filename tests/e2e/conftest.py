@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -72,5 +73,13 @@ def image_host() -> Iterator[str]:
     httpd.shutdown()
 
 
-def tiny_model_dir(served: Served) -> Path:
-    return served.server.data_dir / "models" / "sdapi-tiny"
+@pytest.fixture(scope="session")
+def model_folder(served: Served, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the built tiny model in a folder of its own: `--model <folder>` loads it."""
+    warm = served.post(
+        "/api/v3/text2img", {"prompt": "warm", "width": 64, "height": 64, "num_inference_steps": 1}
+    )
+    assert warm["status"] == "success", warm
+    dest = tmp_path_factory.mktemp("model") / "my-model"
+    shutil.copytree(served.server.data_dir / "models" / "sdapi-tiny", dest)
+    return dest

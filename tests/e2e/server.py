@@ -32,8 +32,8 @@ def sdapi(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
     )
 
 
-def create_key(data_dir: Path, name: str = "test") -> str:
-    done = sdapi("keys", "create", "--data-dir", str(data_dir), "--name", name)
+def create_key(data_dir: Path, name: str = "test", *args: str) -> str:
+    done = sdapi("keys", "create", "--data-dir", str(data_dir), "--name", name, *args)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip().splitlines()[-1]
 
@@ -100,6 +100,48 @@ class Server:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class WorkerProcess:
+    """A standalone `sdapi worker`, as on another machine or GPU."""
+
+    log_path: Path
+    args: tuple[str, ...] = ()
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sdapi", "worker", *self.args],
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            os.killpg(self.pid, signal.SIGKILL)
+            self.proc.wait()  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            try:
+                self.proc.wait(timeout=30)  # type: ignore[union-attr]
             except subprocess.TimeoutExpired:
                 self.kill()
 

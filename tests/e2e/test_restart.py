@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -10,19 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import Served, tiny_model_dir
 from tests.e2e.server import Server, create_key, free_port
 
 pytestmark = pytest.mark.e2e
-
-
-def saved_model(served: Served, dest: Path) -> Path:
-    """A copy of the built tiny model in a folder of its own: `--model <folder>` loads it."""
-    served.post(
-        "/api/v3/text2img", {"prompt": "warm", "width": 64, "height": 64, "num_inference_steps": 1}
-    )
-    shutil.copytree(tiny_model_dir(served), dest)
-    return dest
 
 
 def post(server: Server, key: str, path: str, body: dict[str, object]) -> dict[str, object]:
@@ -42,8 +31,8 @@ def wait_success(server: Server, key: str, job_id: int, timeout: float = 120) ->
     raise AssertionError(f"job {job_id} did not finish:\n{server.log()}")
 
 
-def test_queued_jobs_survive_a_killed_server(served: Served, tmp_path: Path) -> None:
-    model = saved_model(served, tmp_path / "my-model")
+def test_queued_jobs_survive_a_killed_server(model_folder: Path, tmp_path: Path) -> None:
+    model = model_folder
     data = tmp_path / "data"
     key = create_key(data)
     args = ("--model", str(model), "--sync-timeout", "0")
@@ -69,9 +58,9 @@ def test_queued_jobs_survive_a_killed_server(served: Served, tmp_path: Path) -> 
 
 
 def test_a_job_running_when_the_server_dies_is_finished_after_restart(
-    served: Served, tmp_path: Path
+    model_folder: Path, tmp_path: Path
 ) -> None:
-    model = saved_model(served, tmp_path / "my-model")
+    model = model_folder
     data = tmp_path / "data"
     key = create_key(data)
     args = ("--model", str(model), "--sync-timeout", "0", "--lease-seconds", "2")

@@ -37,7 +37,9 @@ def resolve_device(device: str) -> str:
 def run_worker(settings: Settings) -> None:
     """Serve jobs until SIGTERM/SIGINT; the job in hand is finished before exiting."""
     from sdapi.engine.engine import Engine
+    from sdapi.engine.models import check_model_ref
 
+    check_model_ref(settings.model)  # fail before joining the queue, not after
     backends = open_backends(settings)
     device = resolve_device(settings.device)
     engine = Engine(

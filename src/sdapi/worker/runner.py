@@ -129,6 +129,7 @@ class Worker:
         # Names were fixed at submit time; a retry after a crash rewrites the same files.
         for name, image in zip(job.output_names, outputs, strict=True):
             self.images.put(name, encode_png(image))
+        log.info("job %s: stored %d images", job.id, len(outputs))
 
     def _load_inputs(self, request: GenerationRequest) -> dict[str, Image]:
         from io import BytesIO
