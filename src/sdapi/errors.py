@@ -84,6 +84,17 @@ class UnsafeUrl(ImageFetchFailed):
     """A URL whose scheme or resolved address is not allowed (SSRF guard)."""
 
 
+class DatabaseUnavailable(SdapiError):
+    """The database could not be reached or dropped the connection mid-call: transient.
+
+    The API answers it in the wire's error shape (HTTP 503 when status codes are on) instead of
+    a 500; workers wait and retry. Backends chain the driver's own error as `__cause__`.
+    """
+
+    message = "The database is temporarily unavailable, try again shortly"
+    http_status = 503
+
+
 class StorageError(SdapiError):
     message = "The image store failed"
     http_status = 503

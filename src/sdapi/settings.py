@@ -23,9 +23,10 @@ class Settings(BaseSettings):
 
     #: Holds the database, the images and the model cache unless those are set apart.
     data_dir: Path = Path("sdapi-data")
-    #: `sqlite:///path/to/file.db`; empty means `<data_dir>/sdapi.db`.
+    #: `sqlite:///path/to/file.db` or `postgresql://user:password@host/db`;
+    #: empty means `sqlite:///<data_dir>/sdapi.db`.
     database: str = ""
-    #: Where images are kept; empty means `<data_dir>/images`.
+    #: Where images are kept: a directory or `s3://bucket/prefix`; empty means `<data_dir>/images`.
     storage: str = ""
     #: S3-compatible storage (`--storage s3://bucket/prefix`). Credentials may also come from
     #: the usual AWS variables and files; empty values leave boto3's own lookup in charge.

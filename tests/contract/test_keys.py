@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,11 +12,20 @@ from sdapi.auth.sqlite import SQLiteKeyStore
 from sdapi.database.sqlite import SQLiteDatabase
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> KeyStore:
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyStore]:
     if request.param == "memory":
-        return MemoryKeyStore()
-    return SQLiteKeyStore(SQLiteDatabase(tmp_path / "k.db"))
+        yield MemoryKeyStore()
+    elif request.param == "sqlite":
+        yield SQLiteKeyStore(SQLiteDatabase(tmp_path / "k.db"))
+    else:
+        url = request.getfixturevalue("postgres_url")
+        from sdapi.auth.postgres import PostgresKeyStore
+        from sdapi.database.postgres import PostgresDatabase
+
+        db = PostgresDatabase(url)
+        yield PostgresKeyStore(db)
+        db.close()
 
 
 def test_created_key_verifies_and_others_do_not(store: KeyStore) -> None:

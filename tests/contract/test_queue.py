@@ -18,13 +18,22 @@ from tests.helpers import FakeClock, make_request
 LEASE = 30.0
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def queue(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[JobQueue]:
     q: JobQueue
     if request.param == "memory":
         q = MemoryQueue(max_attempts=3, clock=clock)
-    else:
+    elif request.param == "sqlite":
         q = SQLiteQueue(SQLiteDatabase(tmp_path / "q.db"), max_attempts=3, clock=clock)
+    else:
+        # Asked for only here, so memory and SQLite runs never skip for want of a server.
+        url = request.getfixturevalue("postgres_url")
+        from sdapi.database.postgres import PostgresDatabase
+        from sdapi.queue.postgres import PostgresQueue
+
+        # A pool as large as the concurrency test's thread count: each claimer holds its own
+        # connection for its whole claim, so the claims really do run side by side.
+        q = PostgresQueue(PostgresDatabase(url, max_size=8), max_attempts=3, clock=clock)
     yield q
     q.close()
 
@@ -191,4 +200,3 @@ def test_claim_only_takes_models_the_worker_serves(queue: JobQueue) -> None:
     assert [j.id for j in queue.claim("w", lease_s=LEASE, models=["sdapi-tiny"])] == [mine]
     assert queue.claim("w", lease_s=LEASE, models=["sdapi-tiny"]) == []
     assert [j.id for j in queue.claim("w", lease_s=LEASE, models=["other-model"])] == [other]
-

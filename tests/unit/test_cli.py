@@ -33,10 +33,11 @@ def test_keys_create_list_revoke(runner: CliRunner, tmp_path: Path) -> None:
 
 
 def test_bad_database_url_is_one_clear_line(runner: CliRunner, tmp_path: Path) -> None:
-    result = runner.invoke(main, ["keys", "list", "--database", "mysql://x/y"])
+    result = runner.invoke(main, ["keys", "list", "--database", "mysql://me:hunter2@x/y"])
     assert result.exit_code == 2
     assert result.stderr.strip() == (
-        "sdapi: unsupported database URL 'mysql://x/y' (supported: sqlite:///path.db)"
+        "sdapi: unsupported database URL 'mysql://me:***@x/y' (supported: sqlite:///path.db,"
+        " postgresql://user:password@host:5432/dbname)"
     )
 
 

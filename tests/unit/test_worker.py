@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import threading
+import time
 
+import pytest
+
+from sdapi.errors import DatabaseUnavailable
 from sdapi.jobs import JobStatus
 from sdapi.queue.base import NewJob
 from sdapi.queue.memory import MemoryQueue
 from sdapi.storage.memory import MemoryStore
+from sdapi.worker import runner
 from sdapi.worker.runner import Worker
 from tests.helpers import FakeEngine, make_request
 
@@ -90,3 +95,35 @@ def test_run_stops_when_asked_and_deregisters() -> None:
     stop.set()
     thread.join(timeout=5)
     assert not thread.is_alive() and queue.stats().live_workers == 0
+
+
+class FlakyQueue(MemoryQueue):
+    """A queue whose database is down for the first `outages` claims."""
+
+    def __init__(self, outages: int) -> None:
+        super().__init__()
+        self.outages = outages
+
+    def claim(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if self.outages:
+            self.outages -= 1
+            raise DatabaseUnavailable(detail="connection refused")
+        return super().claim(*args, **kwargs)
+
+
+def test_worker_rides_out_a_database_outage(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner, "OUTAGE_RETRY_S", 0.01)
+    queue, store = FlakyQueue(outages=3), MemoryStore()
+    job_id = enqueue(queue)
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=Worker(queue, store, FakeEngine(), lease_s=30).run, args=(stop,)
+    )
+    thread.start()
+    deadline = time.monotonic() + 10
+    while queue.get(job_id).status is not JobStatus.SUCCESS:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.01)
+    stop.set()
+    thread.join(timeout=5)
+    assert queue.outages == 0

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
-from sdapi.errors import SdapiError
+from sdapi.errors import DatabaseUnavailable, SdapiError
 from sdapi.images import encode_png
 from sdapi.jobs import GenerationRequest, Job
 from sdapi.queue.base import JobQueue, WorkerInfo
@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 IDLE_POLL_S = 0.1
 #: How often an idle worker tells the queue it is alive.
 PRESENCE_S = 5.0
+#: While the database is unreachable, the worker retries after this long, doubling up to a cap.
+OUTAGE_RETRY_S = 1.0
+MAX_OUTAGE_RETRY_S = 15.0
 
 
 class Generator(Protocol):
@@ -74,16 +77,33 @@ class Worker:
             self.engine.load()
             log.info("worker %s ready (model %s)", self.id, self.engine.model)
             self.queue.worker_seen(self.id, "ready")
-            last_seen = time.monotonic()
-            while not stop.is_set():
+            self._serve(stop)
+        finally:
+            try:
+                self.queue.remove_worker(self.id)
+            except DatabaseUnavailable:
+                log.warning("worker %s: could not deregister; it will age out", self.id)
+
+    def _serve(self, stop: threading.Event) -> None:
+        last_seen = time.monotonic()
+        outage_wait = OUTAGE_RETRY_S
+        while not stop.is_set():
+            try:
                 if self.run_once():
                     continue
                 if time.monotonic() - last_seen > PRESENCE_S:
                     self.queue.worker_seen(self.id, "ready")
                     last_seen = time.monotonic()
                 self.queue.wait_for_work(IDLE_POLL_S)
-        finally:
-            self.queue.remove_worker(self.id)
+                outage_wait = OUTAGE_RETRY_S
+            except DatabaseUnavailable as exc:
+                # Ride the outage out: a job in hand that could not be recorded comes back
+                # when its lease expires, and is rerun (its files are rewritten, same names).
+                log.warning(
+                    "worker %s: %s; retrying in %.0f s", self.id, exc.detail or exc, outage_wait
+                )
+                stop.wait(outage_wait)
+                outage_wait = min(outage_wait * 2, MAX_OUTAGE_RETRY_S)
 
     def run_once(self) -> bool:
         """Claim and run one job; False when the queue had nothing for us."""

@@ -1,0 +1,69 @@
+"""API keys kept in the PostgreSQL database beside the jobs (same semantics as SQLiteKeyStore)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sdapi.auth.keys import (
+    PREFIX_LENGTH,
+    ApiKey,
+    generate_key,
+    hash_key,
+    new_key_id,
+    same_hash,
+)
+from sdapi.database.postgres import PostgresDatabase
+
+
+class PostgresKeyStore:
+    def __init__(self, db: PostgresDatabase) -> None:
+        self.db = db
+
+    def create(self, name: str) -> tuple[ApiKey, str]:
+        secret = generate_key()
+        key = ApiKey(new_key_id(), name, secret[:PREFIX_LENGTH], time.time())
+        with self.db.connection() as conn:
+            conn.execute(
+                "INSERT INTO api_keys (id, name, key_hash, key_prefix, created_at)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (key.id, key.name, hash_key(secret), key.key_prefix, key.created_at),
+            )
+        return key, secret
+
+    def verify(self, secret: str) -> ApiKey | None:
+        digest = hash_key(secret)
+        with self.db.connection() as conn:
+            row = conn.execute(
+                "SELECT * FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL", (digest,)
+            ).fetchone()
+        if row is None or not same_hash(row["key_hash"], digest):
+            return None
+        return _key(row)
+
+    def list(self) -> list[ApiKey]:
+        with self.db.connection() as conn:
+            # id breaks ties so the listing is stable even for keys created in the same instant.
+            rows = conn.execute("SELECT * FROM api_keys ORDER BY created_at, id").fetchall()
+        return [_key(row) for row in rows]
+
+    def revoke(self, key_id_or_prefix: str) -> ApiKey | None:
+        with self.db.transaction() as conn:
+            # FOR UPDATE: two operators revoking at once both see one consistent revoked_at.
+            rows = conn.execute(
+                "SELECT id FROM api_keys WHERE id = %s OR key_prefix = %s FOR UPDATE",
+                (key_id_or_prefix, key_id_or_prefix),
+            ).fetchall()
+            if len(rows) != 1:
+                return None
+            row = conn.execute(
+                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, %s) WHERE id = %s"
+                " RETURNING *",
+                (time.time(), rows[0]["id"]),
+            ).fetchone()
+        assert row is not None  # the row is locked by us: it cannot have gone
+        return _key(row)
+
+
+def _key(row: dict[str, Any]) -> ApiKey:
+    return ApiKey(row["id"], row["name"], row["key_prefix"], row["created_at"], row["revoked_at"])

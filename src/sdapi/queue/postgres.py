@@ -1,0 +1,394 @@
+"""The PostgreSQL queue backend (scale-out): many API replicas and workers share one database.
+
+The semantics are SQLiteQueue's, statement for statement where possible: every change of state
+is one conditional UPDATE whose WHERE lists the states the transition table allows as sources,
+so a stale worker's late write simply matches no row.
+
+What differs is how concurrency is handled. SQLite serialises writers; here claimers run in
+parallel, so a claim locks the rows it takes with `FOR UPDATE SKIP LOCKED`: two claimers never
+get the same job, and neither waits for the other (each simply passes over the rows the other
+holds). Enqueueing, and reaping that puts jobs back in line, sends a NOTIFY so idle workers
+blocked in `wait_for_work` wake at once instead of polling.
+
+All times come from the injected clock, never from the database's now(), so a test's fake clock
+and every machine's view of "expired" agree with the other backends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from sdapi.database.postgres import PostgresDatabase, reason
+from sdapi.jobs import GenerationRequest, Job, JobStatus, QueueStats, sources_of
+from sdapi.queue.base import (
+    ABANDONED_ERROR,
+    RATE_ALPHA,
+    WORKER_STALE_S,
+    Clock,
+    NewJob,
+    WorkerInfo,
+    rate_key,
+)
+
+log = logging.getLogger(__name__)
+
+#: How many queued jobs a claim looks at to gather a batch of compatible ones (as SQLite).
+CLAIM_WINDOW = 64
+#: The LISTEN/NOTIFY channel that says "a job may be waiting".
+CHANNEL = "sdapi_jobs"
+
+Connection = psycopg.Connection[dict[str, Any]]
+
+
+def _in(states: Sequence[JobStatus]) -> str:
+    # Literal SQL from the enum, never from input: keeps the transition table the one source.
+    return "(" + ",".join(f"'{s.value}'" for s in states) + ")"
+
+
+TO_PROCESSING = _in(sources_of(JobStatus.PROCESSING))
+TO_SUCCESS = _in(sources_of(JobStatus.SUCCESS))
+TO_FAILED = _in(sources_of(JobStatus.FAILED))
+
+
+class PostgresQueue:
+    def __init__(
+        self, db: PostgresDatabase, *, max_attempts: int = 3, clock: Clock = time.time
+    ) -> None:
+        self.db = db
+        self.max_attempts = max_attempts
+        self.clock = clock
+        #: Opened by the first `wait_for_work`: API replicas never wait, so never hold one.
+        self._listener: psycopg.Connection[Any] | None = None
+        self._listen_lock = threading.Lock()
+
+    def enqueue(self, new: NewJob) -> Job:
+        req = new.request
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                "INSERT INTO jobs (owner, status, model, request, batch_key, rate_key, work_units,"
+                " output_names, created_at, webhook, track_id, echo)"
+                " VALUES (%s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
+                (
+                    new.owner,
+                    req.model,
+                    req.to_json(),
+                    req.batch_key,
+                    rate_key(req.model, req.task),
+                    req.work_units,
+                    json.dumps(new.output_names),
+                    self.clock(),
+                    new.webhook,
+                    new.track_id,
+                    json.dumps(dict(new.echo)),
+                ),
+            ).fetchone()
+            # Delivered when the INSERT commits, never before: a woken worker finds the job.
+            _notify(conn, req.model)
+        assert row is not None  # INSERT ... RETURNING always returns the row
+        return _job(row)
+
+    def get(self, job_id: int) -> Job | None:
+        with self.db.connection() as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE id = %s", (job_id,)).fetchone()
+        return _job(row) if row else None
+
+    def claim(
+        self,
+        worker_id: str,
+        *,
+        lease_s: float,
+        limit: int = 1,
+        models: Sequence[str] | None = None,
+    ) -> list[Job]:
+        now = self.clock()
+        model_sql, model_args = _model_filter(models)
+        with self.db.connection() as conn:
+            if not _has_work(conn, now, model_sql, model_args):
+                return []  # idle polls stay one read: no transaction, no row locks
+            with conn.transaction():
+                if self._reap_expired(conn, now):
+                    _notify(conn, "")  # jobs went back in line: other idle workers may take them
+                ids = _pick(conn, model_sql, model_args, limit)
+                if not ids:
+                    return []
+                rows = conn.execute(
+                    f"UPDATE jobs SET status = 'processing', attempts = attempts + 1,"
+                    f" lease_id = %s, lease_expires_at = %s, worker_id = %s, started_at = %s,"
+                    f" progress = 0 WHERE id = ANY(%s) AND status IN {TO_PROCESSING} RETURNING *",
+                    (uuid.uuid4().hex, now + lease_s, worker_id, now, ids),
+                ).fetchall()
+        return sorted((_job(row) for row in rows), key=lambda job: job.id)
+
+    def _reap_expired(self, conn: Connection, now: float) -> int:
+        """Expired leases: fail jobs that used up their attempts, requeue the others.
+
+        Returns how many went back in line. SKIP LOCKED: a lease another claimer is reaping, or
+        its holder is renewing right now, is left to them instead of waited for.
+        """
+        expired = conn.execute(
+            "SELECT id, attempts FROM jobs WHERE status = 'processing' AND lease_expires_at < %s"
+            " ORDER BY id FOR UPDATE SKIP LOCKED",
+            (now,),
+        ).fetchall()
+        requeue = [row["id"] for row in expired if row["attempts"] < self.max_attempts]
+        for row in expired:
+            if row["attempts"] >= self.max_attempts:
+                conn.execute(
+                    "UPDATE jobs SET status = 'failed', error = %s, finished_at = %s,"
+                    " lease_id = NULL, lease_expires_at = NULL WHERE id = %s",
+                    (ABANDONED_ERROR.format(attempts=row["attempts"]), now, row["id"]),
+                )
+        if requeue:
+            conn.execute(
+                "UPDATE jobs SET status = 'queued', lease_id = NULL, lease_expires_at = NULL,"
+                " worker_id = NULL, progress = 0 WHERE id = ANY(%s)",
+                (requeue,),
+            )
+        return len(requeue)
+
+    def heartbeat(self, lease_id: str, *, lease_s: float, progress: float | None = None) -> int:
+        now = self.clock()
+        with self.db.connection() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET lease_expires_at = %s,"
+                " progress = COALESCE(%s::double precision, progress)"
+                " WHERE lease_id = %s AND status = 'processing'",
+                (now + lease_s, progress, lease_id),
+            )
+        return cur.rowcount
+
+    def complete(self, job_id: int, lease_id: str, *, generation_seconds: float) -> bool:
+        now = self.clock()
+        with self.db.transaction() as conn:
+            done = conn.execute(
+                f"UPDATE jobs SET status = 'success', finished_at = %s, generation_seconds = %s,"
+                f" progress = 1, lease_id = NULL, lease_expires_at = NULL"
+                f" WHERE id = %s AND lease_id = %s AND status IN {TO_SUCCESS}"
+                f" RETURNING rate_key, work_units",
+                (now, generation_seconds, job_id, lease_id),
+            ).fetchone()
+            if done is not None:
+                measured = generation_seconds / max(done["work_units"], 1e-9)
+                _learn_rate(conn, done["rate_key"], measured, now)
+        return done is not None
+
+    def fail(self, job_id: int, lease_id: str, *, error: str) -> bool:
+        with self.db.connection() as conn:
+            cur = conn.execute(
+                f"UPDATE jobs SET status = 'failed', finished_at = %s, error = %s,"
+                f" lease_id = NULL, lease_expires_at = NULL"
+                f" WHERE id = %s AND lease_id = %s AND status IN {TO_FAILED}",
+                (self.clock(), error, job_id, lease_id),
+            )
+        return cur.rowcount == 1
+
+    def position(self, job_id: int) -> tuple[int, float] | None:
+        with self.db.connection() as conn:
+            row = conn.execute(
+                "SELECT (SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND id < j.id) + 1"
+                "   AS place,"
+                " (SELECT COALESCE(SUM(work_units * (1 - progress)), 0) FROM jobs"
+                "   WHERE (status = 'queued' AND id < j.id) OR status = 'processing') AS ahead"
+                " FROM jobs j WHERE j.id = %s AND j.status = 'queued'",
+                (job_id,),
+            ).fetchone()
+        return (row["place"], row["ahead"]) if row else None
+
+    def stats(self) -> QueueStats:
+        counts = dict.fromkeys(("queued", "processing"), 0)
+        work = 0.0
+        with self.db.connection() as conn:
+            for row in conn.execute(
+                "SELECT status, COUNT(*) AS n, SUM(work_units * (1 - progress)) AS work FROM jobs"
+                " WHERE status IN ('queued', 'processing') GROUP BY status"
+            ):
+                counts[row["status"]] = row["n"]
+                work += row["work"] or 0.0
+            live = conn.execute(
+                "SELECT COUNT(*) AS n FROM workers WHERE seen_at >= %s",
+                (self.clock() - WORKER_STALE_S,),
+            ).fetchone()
+        assert live is not None  # COUNT(*) always returns a row
+        return QueueStats(counts["queued"], counts["processing"], work, live["n"])
+
+    def rate(self, key: str) -> float | None:
+        with self.db.connection() as conn:
+            row = conn.execute(
+                "SELECT seconds_per_unit FROM rates WHERE rate_key = %s", (key,)
+            ).fetchone()
+        return row["seconds_per_unit"] if row else None
+
+    def wait_for_work(self, timeout: float) -> None:
+        """Block until a NOTIFY arrives on the LISTEN connection or `timeout` passes.
+
+        Never raises for a database problem: a worker's idle wait is not where an outage should
+        kill it (its next claim reports the outage). A lost LISTEN connection is dropped and
+        opened again on the next call; meanwhile the wait degrades to a plain sleep (polling).
+        """
+        timeout = max(0.0, timeout)
+        deadline = time.monotonic() + timeout
+        # One waiter at a time on the one LISTEN connection; another thread waits its turn,
+        # which for it is the same as sleeping out its timeout.
+        if not self._listen_lock.acquire(timeout=timeout):
+            return
+        try:
+            if self._listener is None:
+                if self._start_listening(timeout):
+                    # Whatever was enqueued before LISTEN took effect sent us no wake-up:
+                    # return so the caller looks at the queue once more before really waiting.
+                    return
+            elif self._await_notify(self._listener, deadline):
+                return
+            time.sleep(max(0.0, deadline - time.monotonic()))
+        finally:
+            self._listen_lock.release()
+
+    def _start_listening(self, timeout: float) -> bool:
+        try:
+            self._listener = self.db.listen_connection(CHANNEL, timeout=timeout)
+        except psycopg.Error as exc:
+            log.warning("cannot LISTEN for new jobs (polling until it can): %s", reason(exc))
+            return False
+        return True
+
+    def _await_notify(self, conn: psycopg.Connection[Any], deadline: float) -> bool:
+        """Wait on `conn` until a notification or the deadline; False if the connection broke."""
+        try:
+            remaining = max(0.0, deadline - time.monotonic())
+            # list(): each notifies() generator must run to its end, as it holds the
+            # connection's lock until then.
+            if list(conn.notifies(timeout=remaining, stop_after=1)):
+                # Swallow the wake-ups queued behind this one (a burst of enqueues): one look
+                # at the queue answers them all.
+                for _ in conn.notifies(timeout=0):
+                    pass
+        except psycopg.Error as exc:
+            log.warning("lost the LISTEN connection (will reconnect): %s", reason(exc))
+            self._drop_listener()
+            return False
+        return True
+
+    def _drop_listener(self) -> None:
+        conn, self._listener = self._listener, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):  # already broken: closing is all we want
+                conn.close()
+
+    def register_worker(self, info: WorkerInfo) -> None:
+        now = self.clock()
+        with self.db.connection() as conn:
+            # A restarted worker with the same id starts afresh, as SQLite's INSERT OR REPLACE.
+            conn.execute(
+                "INSERT INTO workers (id, host, pid, device, model, state, started_at, seen_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid,"
+                " device = excluded.device, model = excluded.model, state = excluded.state,"
+                " started_at = excluded.started_at, seen_at = excluded.seen_at",
+                (info.id, info.host, info.pid, info.device, info.model, info.state, now, now),
+            )
+
+    def worker_seen(self, worker_id: str, state: str) -> None:
+        with self.db.connection() as conn:
+            conn.execute(
+                "UPDATE workers SET seen_at = %s, state = %s WHERE id = %s",
+                (self.clock(), state, worker_id),
+            )
+
+    def remove_worker(self, worker_id: str) -> None:
+        with self.db.connection() as conn:
+            conn.execute("DELETE FROM workers WHERE id = %s", (worker_id,))
+
+    def close(self) -> None:
+        with self._listen_lock:  # waits out a wait_for_work in flight (bounded by its timeout)
+            self._drop_listener()
+        self.db.close()
+
+
+def _has_work(conn: Connection, now: float, model_sql: str, model_args: tuple[Any, ...]) -> bool:
+    row = conn.execute(
+        f"SELECT 1 FROM jobs WHERE (status = 'queued' {model_sql})"
+        " OR (status = 'processing' AND lease_expires_at < %s) LIMIT 1",
+        (*model_args, now),
+    ).fetchone()
+    return row is not None
+
+
+def _pick(conn: Connection, model_sql: str, model_args: tuple[Any, ...], limit: int) -> list[int]:
+    """Lock and return up to `limit` ids sharing the oldest free job's batch key (in line order).
+
+    The head is the oldest queued job no other claimer holds; the batch is gathered from the
+    CLAIM_WINDOW queued jobs starting at it, as SQLite gathers from the front of the line.
+    """
+    head = conn.execute(
+        f"SELECT id, batch_key FROM jobs WHERE status = 'queued' {model_sql}"
+        " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
+        model_args,
+    ).fetchone()
+    if head is None:
+        return []
+    rows = conn.execute(
+        f"SELECT id FROM jobs WHERE status = 'queued' AND batch_key = %s AND id IN ("
+        f"   SELECT id FROM jobs WHERE status = 'queued' AND id >= %s {model_sql}"
+        f"   ORDER BY id LIMIT %s)"
+        f" ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
+        (head["batch_key"], head["id"], *model_args, CLAIM_WINDOW, limit),
+    ).fetchall()
+    return [row["id"] for row in rows]
+
+
+def _learn_rate(conn: Connection, key: str, measured: float, now: float) -> None:
+    """Blend the measurement into the stored rate, as `blend_rate` does, in one statement.
+
+    The blend happens in SQL on the locked row: two workers finishing jobs of the same model at
+    once both count, where read-then-write in Python would lose one of them.
+    """
+    conn.execute(
+        "INSERT INTO rates (rate_key, seconds_per_unit, samples, updated_at)"
+        " VALUES (%s, %s, 1, %s)"
+        " ON CONFLICT (rate_key) DO UPDATE SET"
+        " seconds_per_unit = %s * rates.seconds_per_unit + %s * excluded.seconds_per_unit,"
+        " samples = rates.samples + 1, updated_at = excluded.updated_at",
+        (key, measured, now, 1 - RATE_ALPHA, RATE_ALPHA),
+    )
+
+
+def _notify(conn: Connection, payload: str) -> None:
+    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+
+
+def _model_filter(models: Sequence[str] | None) -> tuple[str, tuple[Any, ...]]:
+    if models is None:
+        return "", ()
+    return "AND model = ANY(%s)", (list(models),)
+
+
+def _job(row: dict[str, Any]) -> Job:
+    return Job(
+        id=row["id"],
+        owner=row["owner"],
+        status=JobStatus(row["status"]),
+        request=GenerationRequest.from_json(row["request"]),
+        output_names=tuple(json.loads(row["output_names"])),
+        created_at=row["created_at"],
+        attempts=row["attempts"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        lease_id=row["lease_id"],
+        lease_expires_at=row["lease_expires_at"],
+        worker_id=row["worker_id"],
+        progress=row["progress"],
+        generation_seconds=row["generation_seconds"],
+        error=row["error"],
+        webhook=row["webhook"],
+        track_id=row["track_id"],
+        echo=json.loads(row["echo"]),
+    )
