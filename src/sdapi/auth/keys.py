@@ -14,7 +14,7 @@ import string
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 KEY_ALPHABET = string.ascii_letters + string.digits
 KEY_LENGTH = 48
@@ -33,6 +33,11 @@ class ApiKey:
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+    @classmethod
+    def from_row(cls, row: Any) -> ApiKey:
+        """From a database row (sqlite3.Row or a dict row): values by column name."""
+        return cls(row["id"], row["name"], row["key_prefix"], row["created_at"], row["revoked_at"])
 
 
 def generate_key() -> str:

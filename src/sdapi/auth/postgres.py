@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from sdapi.auth.keys import (
     PREFIX_LENGTH,
@@ -39,13 +38,13 @@ class PostgresKeyStore:
             ).fetchone()
         if row is None or not same_hash(row["key_hash"], digest):
             return None
-        return _key(row)
+        return ApiKey.from_row(row)
 
     def list(self) -> list[ApiKey]:
         with self.db.connection() as conn:
             # id breaks ties so the listing is stable even for keys created in the same instant.
             rows = conn.execute("SELECT * FROM api_keys ORDER BY created_at, id").fetchall()
-        return [_key(row) for row in rows]
+        return [ApiKey.from_row(row) for row in rows]
 
     def revoke(self, key_id_or_prefix: str) -> ApiKey | None:
         with self.db.transaction() as conn:
@@ -62,8 +61,4 @@ class PostgresKeyStore:
                 (time.time(), rows[0]["id"]),
             ).fetchone()
         assert row is not None  # the row is locked by us: it cannot have gone
-        return _key(row)
-
-
-def _key(row: dict[str, Any]) -> ApiKey:
-    return ApiKey(row["id"], row["name"], row["key_prefix"], row["created_at"], row["revoked_at"])
+        return ApiKey.from_row(row)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 
 from sdapi.auth.keys import (
@@ -40,11 +39,11 @@ class SQLiteKeyStore:
         )
         if row is None or not same_hash(row["key_hash"], digest):
             return None
-        return _key(row)
+        return ApiKey.from_row(row)
 
     def list(self) -> list[ApiKey]:
         rows = self.db.connection().execute("SELECT * FROM api_keys ORDER BY created_at")
-        return [_key(row) for row in rows]
+        return [ApiKey.from_row(row) for row in rows]
 
     def revoke(self, key_id_or_prefix: str) -> ApiKey | None:
         with self.db.write() as conn:
@@ -59,8 +58,4 @@ class SQLiteKeyStore:
                 (time.time(), rows[0]["id"]),
             )
             row = conn.execute("SELECT * FROM api_keys WHERE id = ?", (rows[0]["id"],)).fetchone()
-        return _key(row)
-
-
-def _key(row: sqlite3.Row) -> ApiKey:
-    return ApiKey(row["id"], row["name"], row["key_prefix"], row["created_at"], row["revoked_at"])
+        return ApiKey.from_row(row)

@@ -17,7 +17,6 @@ and every machine's view of "expired" agree with the other backends.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -28,7 +27,7 @@ from typing import Any
 import psycopg
 
 from sdapi.database.postgres import PostgresDatabase, reason
-from sdapi.jobs import GenerationRequest, Job, JobStatus, QueueStats, sources_of
+from sdapi.jobs import Job, JobStatus, QueueStats
 from sdapi.queue.base import (
     ABANDONED_ERROR,
     RATE_ALPHA,
@@ -36,8 +35,8 @@ from sdapi.queue.base import (
     Clock,
     NewJob,
     WorkerInfo,
-    rate_key,
 )
+from sdapi.queue.rows import insert_sql, insert_values, job_from_row, states_sql
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +48,9 @@ CHANNEL = "sdapi_jobs"
 Connection = psycopg.Connection[dict[str, Any]]
 
 
-def _in(states: Sequence[JobStatus]) -> str:
-    # Literal SQL from the enum, never from input: keeps the transition table the one source.
-    return "(" + ",".join(f"'{s.value}'" for s in states) + ")"
-
-
-TO_PROCESSING = _in(sources_of(JobStatus.PROCESSING))
-TO_SUCCESS = _in(sources_of(JobStatus.SUCCESS))
-TO_FAILED = _in(sources_of(JobStatus.FAILED))
+TO_PROCESSING = states_sql(JobStatus.PROCESSING)
+TO_SUCCESS = states_sql(JobStatus.SUCCESS)
+TO_FAILED = states_sql(JobStatus.FAILED)
 
 
 class PostgresQueue:
@@ -71,35 +65,19 @@ class PostgresQueue:
         self._listen_lock = threading.Lock()
 
     def enqueue(self, new: NewJob) -> Job:
-        req = new.request
         with self.db.transaction() as conn:
             row = conn.execute(
-                "INSERT INTO jobs (owner, status, model, request, batch_key, rate_key, work_units,"
-                " output_names, created_at, webhook, track_id, echo)"
-                " VALUES (%s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
-                (
-                    new.owner,
-                    req.model,
-                    req.to_json(),
-                    req.batch_key,
-                    rate_key(req.model, req.task),
-                    req.work_units,
-                    json.dumps(new.output_names),
-                    self.clock(),
-                    new.webhook,
-                    new.track_id,
-                    json.dumps(dict(new.echo)),
-                ),
+                insert_sql("%s") + " RETURNING *", insert_values(new, self.clock())
             ).fetchone()
             # Delivered when the INSERT commits, never before: a woken worker finds the job.
-            _notify(conn, req.model)
+            _notify(conn, new.request.model)
         assert row is not None  # INSERT ... RETURNING always returns the row
-        return _job(row)
+        return job_from_row(row)
 
     def get(self, job_id: int) -> Job | None:
         with self.db.connection() as conn:
             row = conn.execute("SELECT * FROM jobs WHERE id = %s", (job_id,)).fetchone()
-        return _job(row) if row else None
+        return job_from_row(row) if row else None
 
     def claim(
         self,
@@ -126,7 +104,7 @@ class PostgresQueue:
                     f" progress = 0 WHERE id = ANY(%s) AND status IN {TO_PROCESSING} RETURNING *",
                     (uuid.uuid4().hex, now + lease_s, worker_id, now, ids),
                 ).fetchall()
-        return sorted((_job(row) for row in rows), key=lambda job: job.id)
+        return sorted((job_from_row(row) for row in rows), key=lambda job: job.id)
 
     def _reap_expired(self, conn: Connection, now: float) -> int:
         """Expired leases: fail jobs that used up their attempts, requeue the others.
@@ -369,26 +347,3 @@ def _model_filter(models: Sequence[str] | None) -> tuple[str, tuple[Any, ...]]:
     if models is None:
         return "", ()
     return "AND model = ANY(%s)", (list(models),)
-
-
-def _job(row: dict[str, Any]) -> Job:
-    return Job(
-        id=row["id"],
-        owner=row["owner"],
-        status=JobStatus(row["status"]),
-        request=GenerationRequest.from_json(row["request"]),
-        output_names=tuple(json.loads(row["output_names"])),
-        created_at=row["created_at"],
-        attempts=row["attempts"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        lease_id=row["lease_id"],
-        lease_expires_at=row["lease_expires_at"],
-        worker_id=row["worker_id"],
-        progress=row["progress"],
-        generation_seconds=row["generation_seconds"],
-        error=row["error"],
-        webhook=row["webhook"],
-        track_id=row["track_id"],
-        echo=json.loads(row["echo"]),
-    )

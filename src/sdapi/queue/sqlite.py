@@ -6,14 +6,13 @@ table allows as sources, so a stale worker's late write simply matches no row.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 import uuid
 from collections.abc import Sequence
 
 from sdapi.database.sqlite import SQLiteDatabase
-from sdapi.jobs import GenerationRequest, Job, JobStatus, QueueStats, sources_of
+from sdapi.jobs import Job, JobStatus, QueueStats
 from sdapi.queue.base import (
     ABANDONED_ERROR,
     WORKER_STALE_S,
@@ -21,20 +20,16 @@ from sdapi.queue.base import (
     NewJob,
     WorkerInfo,
     blend_rate,
-    rate_key,
 )
+from sdapi.queue.rows import insert_sql, insert_values, job_from_row, states_sql
 
 #: How many queued jobs a claim looks at to gather a batch of compatible ones.
 CLAIM_WINDOW = 64
 
 
-def _in(states: Sequence[JobStatus]) -> str:
-    return "(" + ",".join(f"'{s.value}'" for s in states) + ")"
-
-
-TO_PROCESSING = _in(sources_of(JobStatus.PROCESSING))
-TO_SUCCESS = _in(sources_of(JobStatus.SUCCESS))
-TO_FAILED = _in(sources_of(JobStatus.FAILED))
+TO_PROCESSING = states_sql(JobStatus.PROCESSING)
+TO_SUCCESS = states_sql(JobStatus.SUCCESS)
+TO_FAILED = states_sql(JobStatus.FAILED)
 
 
 class SQLiteQueue:
@@ -44,32 +39,14 @@ class SQLiteQueue:
         self.clock = clock
 
     def enqueue(self, new: NewJob) -> Job:
-        req = new.request
         with self.db.write() as conn:
-            cur = conn.execute(
-                "INSERT INTO jobs (owner, status, model, request, batch_key, rate_key, work_units,"
-                " output_names, created_at, webhook, track_id, echo)"
-                " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    new.owner,
-                    req.model,
-                    req.to_json(),
-                    req.batch_key,
-                    rate_key(req.model, req.task),
-                    req.work_units,
-                    json.dumps(new.output_names),
-                    self.clock(),
-                    new.webhook,
-                    new.track_id,
-                    json.dumps(dict(new.echo)),
-                ),
-            )
+            cur = conn.execute(insert_sql("?"), insert_values(new, self.clock()))
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (cur.lastrowid,)).fetchone()
-        return _job(row)
+        return job_from_row(row)
 
     def get(self, job_id: int) -> Job | None:
         row = self.db.connection().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _job(row) if row else None
+        return job_from_row(row) if row else None
 
     def claim(
         self,
@@ -105,7 +82,7 @@ class SQLiteQueue:
             claimed = conn.execute(
                 f"SELECT * FROM jobs WHERE id IN ({marks}) ORDER BY id", ids
             ).fetchall()
-        return [_job(row) for row in claimed]
+        return [job_from_row(row) for row in claimed]
 
     def _has_work(self, now: float, model_sql: str, model_args: tuple[str, ...]) -> bool:
         row = (
@@ -254,26 +231,3 @@ def _model_filter(models: Sequence[str] | None) -> tuple[str, tuple[str, ...]]:
     if models is None:
         return "", ()
     return f"AND model IN ({','.join('?' * len(models))})", tuple(models)
-
-
-def _job(row: sqlite3.Row) -> Job:
-    return Job(
-        id=row["id"],
-        owner=row["owner"],
-        status=JobStatus(row["status"]),
-        request=GenerationRequest.from_json(row["request"]),
-        output_names=tuple(json.loads(row["output_names"])),
-        created_at=row["created_at"],
-        attempts=row["attempts"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        lease_id=row["lease_id"],
-        lease_expires_at=row["lease_expires_at"],
-        worker_id=row["worker_id"],
-        progress=row["progress"],
-        generation_seconds=row["generation_seconds"],
-        error=row["error"],
-        webhook=row["webhook"],
-        track_id=row["track_id"],
-        echo=json.loads(row["echo"]),
-    )

@@ -1,0 +1,68 @@
+"""Jobs to rows and back, shared by the SQL backends: every dialect has the same columns."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from sdapi.jobs import GenerationRequest, Job, JobStatus, sources_of
+from sdapi.queue.base import NewJob, rate_key
+
+#: Columns an INSERT of a new job fills, in the order of `insert_values`.
+INSERT_COLUMNS = (
+    "owner", "status", "model", "request", "batch_key", "rate_key", "work_units", "output_names",
+    "created_at", "webhook", "track_id", "echo",
+)  # fmt: skip
+
+
+class Row(Protocol):
+    """sqlite3.Row and psycopg's dict rows alike: values by column name."""
+
+    def __getitem__(self, key: str) -> Any: ...
+
+
+def insert_sql(placeholder: str) -> str:
+    """The INSERT of a new job in a dialect's placeholder style (`?` or `%s`)."""
+    marks = ", ".join([placeholder] * len(INSERT_COLUMNS))
+    return f"INSERT INTO jobs ({', '.join(INSERT_COLUMNS)}) VALUES ({marks})"
+
+
+def insert_values(new: NewJob, now: float) -> tuple[Any, ...]:
+    req = new.request
+    return (
+        new.owner, JobStatus.QUEUED.value, req.model, req.to_json(), req.batch_key,
+        rate_key(req.model, req.task), req.work_units, json.dumps(new.output_names), now,
+        new.webhook, new.track_id, json.dumps(dict(new.echo)),
+    )  # fmt: skip
+
+
+def states_sql(dst: JobStatus) -> str:
+    """`('a','b')`: the states a job may leave for `dst`, for a WHERE ... IN.
+
+    Literal SQL built from the enum, never from input: the transition table stays the one
+    source of which changes are allowed.
+    """
+    return "(" + ",".join(f"'{s.value}'" for s in sources_of(dst)) + ")"
+
+
+def job_from_row(row: Row) -> Job:
+    return Job(
+        id=row["id"],
+        owner=row["owner"],
+        status=JobStatus(row["status"]),
+        request=GenerationRequest.from_json(row["request"]),
+        output_names=tuple(json.loads(row["output_names"])),
+        created_at=row["created_at"],
+        attempts=row["attempts"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        lease_id=row["lease_id"],
+        lease_expires_at=row["lease_expires_at"],
+        worker_id=row["worker_id"],
+        progress=row["progress"],
+        generation_seconds=row["generation_seconds"],
+        error=row["error"],
+        webhook=row["webhook"],
+        track_id=row["track_id"],
+        echo=json.loads(row["echo"]),
+    )
