@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -88,6 +89,22 @@ class Server:
                 pass
             time.sleep(0.1)
         raise AssertionError(f"server did not become healthy:\n{self.log()}")
+
+    def post(self, key: str, path: str, body: dict[str, object] | None = None) -> dict[str, Any]:
+        answer = httpx.post(f"{self.url}{path}", json={"key": key, **(body or {})}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        data: dict[str, Any] = answer.json()
+        return data
+
+    def wait_done(self, key: str, job_id: int, timeout: float = 180) -> dict[str, Any]:
+        """Fetch until the job is no longer processing; its final answer."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            answer = self.post(key, f"/api/v3/fetch/{job_id}")
+            if answer["status"] != "processing":
+                return answer
+            time.sleep(0.2)
+        raise AssertionError(f"job {job_id} did not finish:\n{self.log()}")
 
     def kill(self) -> None:
         """SIGKILL the whole process group: the API and its workers die mid-flight."""

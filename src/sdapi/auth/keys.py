@@ -52,6 +52,18 @@ def new_key_id() -> str:
     return "key_" + secrets.token_hex(6)
 
 
+def issue_key(name: str) -> tuple[ApiKey, str, str]:
+    """A new key: its record, its secret (shown once) and the hash a store keeps."""
+    secret = generate_key()
+    key = ApiKey(new_key_id(), name, secret[:PREFIX_LENGTH], time.time())
+    return key, secret, hash_key(secret)
+
+
+def insert_key_params(key: ApiKey, digest: str) -> tuple[str, str, str, str, float]:
+    """Values for `INSERT INTO api_keys (id, name, key_hash, key_prefix, created_at)`."""
+    return key.id, key.name, digest, key.key_prefix, key.created_at
+
+
 def same_hash(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
 
@@ -78,10 +90,9 @@ class MemoryKeyStore:
         self._lock = threading.Lock()
 
     def create(self, name: str) -> tuple[ApiKey, str]:
-        secret = generate_key()
-        key = ApiKey(new_key_id(), name, secret[:PREFIX_LENGTH], time.time())
+        key, secret, digest = issue_key(name)
         with self._lock:
-            self._keys[key.id] = (key, hash_key(secret))
+            self._keys[key.id] = (key, digest)
         return key, secret
 
     def verify(self, secret: str) -> ApiKey | None:

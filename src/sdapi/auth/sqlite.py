@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import time
 
-from sdapi.auth.keys import (
-    PREFIX_LENGTH,
-    ApiKey,
-    generate_key,
-    hash_key,
-    new_key_id,
-    same_hash,
-)
+from sdapi.auth.keys import ApiKey, hash_key, insert_key_params, issue_key, same_hash
 from sdapi.database.sqlite import SQLiteDatabase
 
 
@@ -20,13 +13,12 @@ class SQLiteKeyStore:
         self.db = db
 
     def create(self, name: str) -> tuple[ApiKey, str]:
-        secret = generate_key()
-        key = ApiKey(new_key_id(), name, secret[:PREFIX_LENGTH], time.time())
+        key, secret, digest = issue_key(name)
         with self.db.write() as conn:
             conn.execute(
                 "INSERT INTO api_keys (id, name, key_hash, key_prefix, created_at)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (key.id, key.name, hash_key(secret), key.key_prefix, key.created_at),
+                insert_key_params(key, digest),
             )
         return key, secret
 
