@@ -36,6 +36,12 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from sdapi.errors import ConfigurationError, StorageError
 from sdapi.storage.base import is_valid_name
 
+#: How an operator sets the credentials, for error messages.
+CREDENTIAL_SETTINGS = (
+    "--s3-access-key-id and --s3-secret-access-key"
+    " (SDAPI_S3_ACCESS_KEY_ID, SDAPI_S3_SECRET_ACCESS_KEY)"
+)
+
 if TYPE_CHECKING:
     from sdapi.settings import Settings
 
@@ -225,8 +231,7 @@ class S3Store:
 def _session(region: str, access_key_id: str, secret_access_key: str) -> boto3.session.Session:
     if bool(access_key_id) != bool(secret_access_key):
         raise ConfigurationError(
-            "S3 credentials are incomplete: set both s3_access_key_id and s3_secret_access_key "
-            "(SDAPI_S3_ACCESS_KEY_ID, SDAPI_S3_SECRET_ACCESS_KEY), or neither"
+            f"S3 credentials are incomplete: set both {CREDENTIAL_SETTINGS}, or neither"
         )
     try:
         # A private session, never boto3's global default one: sessions are not thread-safe.
@@ -321,10 +326,7 @@ def _endpoint_problem(exc: BotoCoreError, bucket: str, where: str) -> str:
     if isinstance(exc, ReadTimeoutError):
         return f"S3 endpoint {where} did not answer within {PROBE_READ_TIMEOUT_S:g} s"
     if isinstance(exc, NoCredentialsError):
-        return (
-            "no S3 credentials found: set s3_access_key_id and s3_secret_access_key "
-            "(SDAPI_S3_ACCESS_KEY_ID, SDAPI_S3_SECRET_ACCESS_KEY) or the usual AWS variables"
-        )
+        return f"no S3 credentials found: set {CREDENTIAL_SETTINGS} or the usual AWS variables"
     return f"cannot open S3 bucket {bucket!r} at {where}: {_one_line(exc)}"
 
 
