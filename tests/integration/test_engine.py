@@ -103,18 +103,6 @@ def file_digests(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("models")
-
-
-@pytest.fixture(scope="session")
-def engine(models_dir: Path) -> Engine:
-    engine = Engine(TINY_MODEL_ID, models_dir)
-    engine.load()
-    return engine
-
-
-@pytest.fixture(scope="session")
 def tiny_folder(engine: Engine, models_dir: Path) -> Path:
     """The tiny model the session engine built and loaded."""
     return models_dir / TINY_MODEL_ID

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from sdapi.batching import Row, plan_calls
 from sdapi.engine.models import load_pipeline
 from sdapi.engine.schedulers import make_scheduler
 from sdapi.jobs import GenerationRequest, Task
@@ -72,26 +73,46 @@ class Engine:
         images: Mapping[str, Image.Image] | None = None,
         on_step: StepCallback | None = None,
     ) -> list[Image.Image]:
-        """`request.samples` RGB images; `images` holds "init" (img2img, inpaint) and "mask".
+        """`request.samples` RGB images in one call; `images` holds "init" and "mask"."""
+        return self.generate_batch([request], [images or {}], request.samples, on_step)[0]
 
+    def generate_batch(
+        self,
+        requests: Sequence[GenerationRequest],
+        images: Sequence[Mapping[str, Image.Image]],
+        rows: int,
+        on_step: StepCallback | None = None,
+    ) -> list[list[Image.Image]]:
+        """The images of compatible requests (one batch key), in calls of exactly `rows` images.
+
+        `images[i]` holds request i's "init" (img2img, inpaint) and "mask" images. Each call is
+        padded to `rows` so an image is the same whatever shares its call (sdapi.batching).
         Loads the model first if need be (ConfigurationError when it cannot). Raises
-        GenerationCancelled when `on_step` returns False, ValueError for a request this model
+        GenerationCancelled when `on_step` returns False, ValueError for requests this model
         cannot run (unknown scheduler, missing input image, a task the model lacks).
         """
+        first = requests[0]
+        calls = plan_calls(requests, rows)
+        outputs: list[list[Image.Image]] = [[] for _ in requests]
         with self._lock:
             self.load()
-            scheduler = self._fresh_scheduler(request.scheduler)
-            pipe = self._pipeline(request.task)
-            pipe.scheduler = scheduler
-            inputs = _common_inputs(request) | _task_inputs(pipe, request, images or {})
-            if on_step is not None:
-                inputs["callback_on_step_end"] = _step_callback(on_step)
-            result = pipe(**inputs)
-        outputs = [image.convert("RGB") for image in result.images]
-        if request.task is Task.INPAINT:
-            outputs = [
-                _keep_unmasked(out, inputs["image"], inputs["mask_image"]) for out in outputs
-            ]
+            pipe = self._pipeline(first.task)
+            for number, call in enumerate(calls):
+                pipe.scheduler = self._fresh_scheduler(first.scheduler)
+                padded = call + [call[0]] * (rows - len(call))
+                inputs = _call_inputs(pipe, requests, images, padded)
+                if on_step is not None:
+                    inputs["callback_on_step_end"] = _step_callback(
+                        _overall(on_step, number, len(calls))
+                    )
+                result = pipe(**inputs)
+                for index, row in enumerate(call):  # the padding rows are dropped
+                    image = result.images[index].convert("RGB")
+                    if first.task is Task.INPAINT:
+                        image = _keep_unmasked(
+                            image, inputs["image"][index], inputs["mask_image"][index]
+                        )
+                    outputs[row.job].append(image)
         return outputs
 
     def _fresh_scheduler(self, name: str | None) -> SchedulerMixin:
@@ -115,41 +136,57 @@ class Engine:
         return self._pipes[task]
 
 
-def _common_inputs(request: GenerationRequest) -> dict[str, Any]:
+def _call_inputs(
+    pipe: DiffusionPipeline,
+    requests: Sequence[GenerationRequest],
+    images: Sequence[Mapping[str, Image.Image]],
+    rows: Sequence[Row],
+) -> dict[str, Any]:
+    """Pipeline arguments for one call: each row's own prompt, seed and input images."""
     import torch
 
-    samples = request.samples
-    return {
-        # One prompt and one generator per image, instead of num_images_per_prompt, so image i
-        # is the same whether it is made alone or in a batch. CPU generators give the same noise
-        # on every device.
-        "prompt": [request.prompt] * samples,
-        "negative_prompt": [request.negative_prompt] * samples,
-        "generator": [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds()],
+    first = requests[0]
+    size = (first.width, first.height)
+    inputs: dict[str, Any] = {
+        # One prompt and one generator per image, instead of num_images_per_prompt: an image
+        # depends on its own seed only. CPU generators give the same noise on every device.
+        "prompt": [requests[row.job].prompt for row in rows],
+        "negative_prompt": [requests[row.job].negative_prompt for row in rows],
+        "generator": [torch.Generator("cpu").manual_seed(row.seed) for row in rows],
         "num_images_per_prompt": 1,
-        "num_inference_steps": request.steps,
-        "guidance_scale": request.guidance_scale,
+        "num_inference_steps": first.steps,
+        "guidance_scale": first.guidance_scale,
         "output_type": "pil",
     }
-
-
-def _task_inputs(
-    pipe: DiffusionPipeline, request: GenerationRequest, images: Mapping[str, Image.Image]
-) -> dict[str, Any]:
-    size = (request.width, request.height)
-    inputs: dict[str, Any] = {}
     # Explicit wherever accepted: inpaint would otherwise default to the UNet's size (512 px).
     if _accepts(pipe, "height"):
-        inputs |= {"height": request.height, "width": request.width}
-    if request.task is Task.TEXT2IMG:
+        inputs |= {"height": first.height, "width": first.width}
+    if first.task is Task.TEXT2IMG:
         return inputs
-    inputs["image"] = _fit(_input_image(images, "init", request.task).convert("RGB"), size)
-    if request.strength is not None:
-        inputs["strength"] = request.strength
-    if request.task is Task.INPAINT:
-        mask = _input_image(images, "mask", request.task).convert("L")  # white = repaint
-        inputs["mask_image"] = _fit(mask, size, Image.Resampling.BILINEAR)
+    inputs["image"] = [
+        _fit(_input_image(images[row.job], "init", first.task).convert("RGB"), size) for row in rows
+    ]
+    if first.strength is not None:
+        inputs["strength"] = first.strength
+    if first.task is Task.INPAINT:
+        inputs["mask_image"] = [  # white = repaint
+            _fit(
+                _input_image(images[row.job], "mask", first.task).convert("L"),
+                size,
+                Image.Resampling.BILINEAR,
+            )
+            for row in rows
+        ]
     return inputs
+
+
+def _overall(on_step: StepCallback, number: int, calls: int) -> StepCallback:
+    """Progress over all the calls of a batch, from one call's step callback."""
+
+    def report(done: int, total: int) -> bool:
+        return on_step(number * total + done, calls * total)
+
+    return report
 
 
 def _input_image(images: Mapping[str, Image.Image], name: str, task: Task) -> Image.Image:
