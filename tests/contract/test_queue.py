@@ -200,3 +200,14 @@ def test_claim_only_takes_models_the_worker_serves(queue: JobQueue) -> None:
     assert [j.id for j in queue.claim("w", lease_s=LEASE, models=["sdapi-tiny"])] == [mine]
     assert queue.claim("w", lease_s=LEASE, models=["sdapi-tiny"]) == []
     assert [j.id for j in queue.claim("w", lease_s=LEASE, models=["other-model"])] == [other]
+
+
+def test_claim_can_gather_one_batch_key(queue: JobQueue) -> None:
+    other = submit(queue, width=128)
+    first = submit(queue)
+    second = submit(queue, prompt="same key", seed=9)
+    key = make_request().batch_key
+    claimed = queue.claim("w", lease_s=LEASE, limit=5, batch_key=key)
+    assert [j.id for j in claimed] == [first, second]
+    assert queue.claim("w", lease_s=LEASE, batch_key=key) == []
+    assert [j.id for j in queue.claim("w", lease_s=LEASE)] == [other]

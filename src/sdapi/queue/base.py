@@ -64,10 +64,12 @@ class JobQueue(Protocol):
         lease_s: float,
         limit: int = 1,
         models: Sequence[str] | None = None,
+        batch_key: str | None = None,
     ) -> list[Job]:
         """Atomically lease up to `limit` queued jobs that share the oldest job's batch key.
 
-        Only jobs for `models` are considered (None: any model).
+        Only jobs for `models` are considered (None: any model), and only jobs with
+        `batch_key` when given (a worker gathering more work for a batch it started).
 
         First returns expired leases to the queue (or fails them after `max_attempts`).
         """

@@ -57,6 +57,7 @@ class MemoryQueue:
         lease_s: float,
         limit: int = 1,
         models: Sequence[str] | None = None,
+        batch_key: str | None = None,
     ) -> list[Job]:
         now = self.clock()
         with self._lock:
@@ -64,7 +65,9 @@ class MemoryQueue:
             queued = [
                 j
                 for j in self._jobs.values()
-                if j.status is JobStatus.QUEUED and (models is None or j.request.model in models)
+                if j.status is JobStatus.QUEUED
+                and (models is None or j.request.model in models)
+                and (batch_key is None or j.request.batch_key == batch_key)
             ]
             lease_id = uuid.uuid4().hex
             claimed = [

@@ -86,9 +86,10 @@ class PostgresQueue:
         lease_s: float,
         limit: int = 1,
         models: Sequence[str] | None = None,
+        batch_key: str | None = None,
     ) -> list[Job]:
         now = self.clock()
-        model_sql, model_args = _model_filter(models)
+        model_sql, model_args = _claim_filter(models, batch_key)
         with self.db.connection() as conn:
             if not _has_work(conn, now, model_sql, model_args):
                 return []  # idle polls stay one read: no transaction, no row locks
@@ -343,7 +344,13 @@ def _notify(conn: Connection, payload: str) -> None:
     conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
 
 
-def _model_filter(models: Sequence[str] | None) -> tuple[str, tuple[Any, ...]]:
-    if models is None:
-        return "", ()
-    return "AND model = ANY(%s)", (list(models),)
+def _claim_filter(
+    models: Sequence[str] | None, batch_key: str | None
+) -> tuple[str, tuple[Any, ...]]:
+    """SQL narrowing a claim to the worker's models and, when gathering, one batch key."""
+    sql, args = "", ()
+    if models is not None:
+        sql, args = "AND model = ANY(%s)", (list(models),)
+    if batch_key is not None:
+        sql, args = f"{sql} AND batch_key = %s", (*args, batch_key)
+    return sql, args

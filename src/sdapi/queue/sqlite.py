@@ -55,9 +55,10 @@ class SQLiteQueue:
         lease_s: float,
         limit: int = 1,
         models: Sequence[str] | None = None,
+        batch_key: str | None = None,
     ) -> list[Job]:
         now = self.clock()
-        model_sql, model_args = _model_filter(models)
+        model_sql, model_args = _claim_filter(models, batch_key)
         if not self._has_work(now, model_sql, model_args):
             return []  # idle polls stay read-only: no write lock, no fsync
         with self.db.write() as conn:
@@ -227,7 +228,13 @@ class SQLiteQueue:
         self.db.close()
 
 
-def _model_filter(models: Sequence[str] | None) -> tuple[str, tuple[str, ...]]:
-    if models is None:
-        return "", ()
-    return f"AND model IN ({','.join('?' * len(models))})", tuple(models)
+def _claim_filter(
+    models: Sequence[str] | None, batch_key: str | None
+) -> tuple[str, tuple[str, ...]]:
+    """SQL narrowing a claim to the worker's models and, when gathering, one batch key."""
+    sql, args = "", ()
+    if models is not None:
+        sql, args = f"AND model IN ({','.join('?' * len(models))})", tuple(models)
+    if batch_key is not None:
+        sql, args = f"{sql} AND batch_key = ?", (*args, batch_key)
+    return sql, args
