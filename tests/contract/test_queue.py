@@ -211,3 +211,13 @@ def test_claim_can_gather_one_batch_key(queue: JobQueue) -> None:
     assert [j.id for j in claimed] == [first, second]
     assert queue.claim("w", lease_s=LEASE, batch_key=key) == []
     assert [j.id for j in queue.claim("w", lease_s=LEASE)] == [other]
+
+
+def test_a_batched_job_teaches_the_rate_its_share(queue: JobQueue) -> None:
+    job_id = submit(queue, steps=10)
+    [job] = queue.claim("w", lease_s=LEASE)
+    queue.complete(job_id, job.lease_id or "", generation_seconds=8.0, cost_seconds=2.0)
+    done = queue.get(job_id)
+    assert done is not None and done.generation_seconds == 8.0  # what the client is told
+    units = make_request(steps=10).work_units
+    assert queue.rate("sdapi-tiny|text2img") == pytest.approx(2.0 / units)

@@ -79,8 +79,19 @@ class JobQueue(Protocol):
         """Extend a lease (and record progress); returns how many jobs the lease still holds."""
         ...
 
-    def complete(self, job_id: int, lease_id: str, *, generation_seconds: float) -> bool:
-        """Mark success if `lease_id` still holds the job; learns the generation rate."""
+    def complete(
+        self,
+        job_id: int,
+        lease_id: str,
+        *,
+        generation_seconds: float,
+        cost_seconds: float | None = None,
+    ) -> bool:
+        """Mark success if `lease_id` still holds the job; learns the generation rate.
+
+        `generation_seconds` is the wall time the client sees; `cost_seconds`, when the job
+        shared a batch, is its share of the worker's time, which is what the rate learns from.
+        """
         ...
 
     def fail(self, job_id: int, lease_id: str, *, error: str) -> bool:
@@ -117,6 +128,10 @@ class JobQueue(Protocol):
 WORKER_STALE_S = 30.0
 #: Weight of the newest measurement in the learned rate (exponential moving average).
 RATE_ALPHA = 0.3
+
+
+def learned_seconds(generation_seconds: float, cost_seconds: float | None) -> float:
+    return generation_seconds if cost_seconds is None else cost_seconds
 
 
 def blend_rate(old: float | None, measured: float) -> float:

@@ -15,6 +15,7 @@ from sdapi.queue.base import (
     NewJob,
     WorkerInfo,
     blend_rate,
+    learned_seconds,
     rate_key,
     same_batch,
 )
@@ -128,7 +129,14 @@ class MemoryQueue:
                 )
         return len(held)
 
-    def complete(self, job_id: int, lease_id: str, *, generation_seconds: float) -> bool:
+    def complete(
+        self,
+        job_id: int,
+        lease_id: str,
+        *,
+        generation_seconds: float,
+        cost_seconds: float | None = None,
+    ) -> bool:
         with self._lock:
             job = self._held(job_id, lease_id)
             if job is None:
@@ -142,7 +150,8 @@ class MemoryQueue:
                 lease_expires_at=None,
             )
             key = rate_key(job.request.model, job.request.task)
-            measured = generation_seconds / max(job.request.work_units, 1e-9)
+            cost = learned_seconds(generation_seconds, cost_seconds)
+            measured = cost / max(job.request.work_units, 1e-9)
             self._rates[key] = blend_rate(self._rates.get(key), measured)
         return True
 

@@ -35,6 +35,7 @@ from sdapi.queue.base import (
     Clock,
     NewJob,
     WorkerInfo,
+    learned_seconds,
 )
 from sdapi.queue.rows import insert_sql, insert_values, job_from_row, states_sql
 
@@ -145,7 +146,14 @@ class PostgresQueue:
             )
         return cur.rowcount
 
-    def complete(self, job_id: int, lease_id: str, *, generation_seconds: float) -> bool:
+    def complete(
+        self,
+        job_id: int,
+        lease_id: str,
+        *,
+        generation_seconds: float,
+        cost_seconds: float | None = None,
+    ) -> bool:
         now = self.clock()
         with self.db.transaction() as conn:
             done = conn.execute(
@@ -156,7 +164,8 @@ class PostgresQueue:
                 (now, generation_seconds, job_id, lease_id),
             ).fetchone()
             if done is not None:
-                measured = generation_seconds / max(done["work_units"], 1e-9)
+                cost = learned_seconds(generation_seconds, cost_seconds)
+                measured = cost / max(done["work_units"], 1e-9)
                 _learn_rate(conn, done["rate_key"], measured, now)
         return done is not None
 

@@ -20,6 +20,7 @@ from sdapi.queue.base import (
     NewJob,
     WorkerInfo,
     blend_rate,
+    learned_seconds,
 )
 from sdapi.queue.rows import insert_sql, insert_values, job_from_row, states_sql
 
@@ -125,7 +126,14 @@ class SQLiteQueue:
             )
         return cur.rowcount
 
-    def complete(self, job_id: int, lease_id: str, *, generation_seconds: float) -> bool:
+    def complete(
+        self,
+        job_id: int,
+        lease_id: str,
+        *,
+        generation_seconds: float,
+        cost_seconds: float | None = None,
+    ) -> bool:
         now = self.clock()
         with self.db.write() as conn:
             cur = conn.execute(
@@ -135,7 +143,9 @@ class SQLiteQueue:
                 (now, generation_seconds, job_id, lease_id),
             )
             if cur.rowcount:
-                self._learn_rate(conn, job_id, generation_seconds, now)
+                self._learn_rate(
+                    conn, job_id, learned_seconds(generation_seconds, cost_seconds), now
+                )
         return cur.rowcount == 1
 
     def _learn_rate(
