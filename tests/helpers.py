@@ -40,21 +40,28 @@ class FakeEngine:
 
     def __init__(self, fail_with: str | None = None) -> None:
         self.fail_with = fail_with
-        self.calls: list[GenerationRequest] = []
+        self.calls: list[list[GenerationRequest]] = []
 
     def load(self) -> None:
         pass
 
-    def generate(self, request, images=None, on_step=None):  # type: ignore[no-untyped-def]
+    def generate_batch(self, requests, images, rows, on_step=None):  # type: ignore[no-untyped-def]
         from PIL import Image
 
-        self.calls.append(request)
+        from sdapi.batching import plan_calls
+
+        self.calls.append(list(requests))
         if self.fail_with:
             raise RuntimeError(self.fail_with)
-        for step in range(request.steps):
-            if on_step is not None and not on_step(step + 1, request.steps):
-                raise RuntimeError("cancelled")
+        calls = plan_calls(requests, rows)
+        steps = requests[0].steps
+        for number in range(len(calls)):
+            for step in range(steps):
+                if on_step is not None and not on_step(
+                    number * steps + step + 1, len(calls) * steps
+                ):
+                    raise RuntimeError("cancelled")
         return [
-            Image.new("RGB", (request.width, request.height), (s % 256, (s >> 8) % 256, 7))
-            for s in request.seeds()
+            [Image.new("RGB", (r.width, r.height), (s % 256, (s >> 8) % 256, 7)) for s in r.seeds()]
+            for r in requests
         ]

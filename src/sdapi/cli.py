@@ -60,6 +60,14 @@ OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
         "http_errors",
         {"default": None, "help": "Answer errors with HTTP 4xx instead of 200."},
     ),
+    "--max-batch": (
+        "max_batch",
+        {"type": int, "help": "Images per pipeline call (0 = by device and size, 1 = off)."},
+    ),
+    "--batch-wait": (
+        "batch_wait",
+        {"type": float, "help": "Seconds to wait for more jobs to fill a batch."},
+    ),
     "--max-attempts": (
         "max_attempts",
         {"type": int, "help": "A job whose worker died this often fails."},
@@ -154,6 +162,8 @@ def serve(**flags: Any) -> None:
     "--device",
     "--threads",
     "--lease-seconds",
+    "--max-batch",
+    "--batch-wait",
     "--max-attempts",
     "--log-level",
 )

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     #: torch CPU threads per worker; 0 = torch's default. Fixed threads keep images bit-identical.
     threads: int = Field(default=0, ge=0)
     sync_timeout: float = Field(default=DEFAULT_SYNC_TIMEOUT_S, ge=0, le=300)
+    #: Images per pipeline call for one batch key: 0 = by device and image size (see
+    #: sdapi.batching), 1 = no batching. Every call runs exactly this many (padded).
+    max_batch: int = Field(default=0, ge=0, le=64)
+    #: Seconds a worker waits for more compatible jobs to fill a batch it has room in.
+    batch_wait: float = Field(default=0.05, ge=0, le=5)
     lease_seconds: float = Field(default=DEFAULT_LEASE_S, gt=0)
     #: A job whose worker died this many times is failed instead of retried.
     max_attempts: int = Field(default=3, ge=1)

@@ -59,7 +59,7 @@ class LosingQueue(MemoryQueue):
 
 
 class SlowEngine(FakeEngine):
-    def generate(self, request, images=None, on_step=None):  # type: ignore[no-untyped-def]
+    def generate_batch(self, requests, images, rows, on_step=None):  # type: ignore[no-untyped-def]
         for step in range(1000):
             if on_step is not None and not on_step(step + 1, 1000):
                 raise RuntimeError("interrupted")
@@ -127,3 +127,66 @@ def test_worker_rides_out_a_database_outage(monkeypatch: pytest.MonkeyPatch) -> 
     stop.set()
     thread.join(timeout=5)
     assert queue.outages == 0
+
+
+def test_compatible_jobs_run_as_one_batch() -> None:
+    queue, store, engine = MemoryQueue(), MemoryStore(), FakeEngine()
+    ids = [enqueue(queue, seed=i) for i in range(4)]  # 64 px on a CPU: 4 images per call
+    other = enqueue(queue, seed=9, width=128)
+    assert Worker(queue, store, engine, lease_s=30).run_once()
+    assert [[r.seed for r in call] for call in engine.calls] == [[0, 1, 2, 3]]
+    done = [queue.get(i) for i in ids]
+    assert all(j is not None and j.status is JobStatus.SUCCESS for j in done)
+    assert queue.get(other).status is JobStatus.QUEUED  # type: ignore[union-attr]
+    assert len(store.files) == 4
+
+
+def test_max_batch_one_disables_batching() -> None:
+    queue, store, engine = MemoryQueue(), MemoryStore(), FakeEngine()
+    for i in range(3):
+        enqueue(queue, seed=i)
+    worker = Worker(queue, store, engine, lease_s=30, max_batch=1)
+    while worker.run_once():
+        pass
+    assert [len(call) for call in engine.calls] == [1, 1, 1]
+
+
+def test_a_burst_arriving_during_the_wait_joins_the_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    queue, store, engine = MemoryQueue(), MemoryStore(), FakeEngine()
+    enqueue(queue, seed=1)
+    monkeypatch.setattr(runner.time, "sleep", lambda s: enqueue(queue, seed=2))
+    Worker(queue, store, engine, lease_s=30, batch_wait=0.05).run_once()
+    assert [[r.seed for r in call] for call in engine.calls] == [[1, 2]]
+
+
+class OneLeaseLostQueue(MemoryQueue):
+    """The first job's lease is taken over by someone else mid-batch."""
+
+    def heartbeat(self, lease_id: str, *, lease_s: float, progress: float | None = None) -> int:
+        if lease_id == self._jobs[min(self._jobs)].lease_id:
+            return 0
+        return super().heartbeat(lease_id, lease_s=lease_s, progress=progress)
+
+
+def test_a_job_whose_lease_was_lost_is_dropped_from_its_batch() -> None:
+    queue, store = OneLeaseLostQueue(), MemoryStore()
+    first = enqueue(queue, seed=1, steps=40)
+    second = enqueue(queue, seed=2, steps=40)
+    Worker(queue, store, SlowSteps(), lease_s=0.3).run_once()
+    assert queue.get(first).status is JobStatus.PROCESSING  # type: ignore[union-attr]
+    assert queue.get(second).status is JobStatus.SUCCESS  # type: ignore[union-attr]
+    assert sorted(store.files) == ["generations/job-2-0.png"]
+
+
+class SlowSteps(FakeEngine):
+    def generate_batch(self, requests, images, rows, on_step=None):  # type: ignore[no-untyped-def]
+        wrapped = None
+        if on_step is not None:
+
+            def wrapped(done: int, total: int) -> bool:
+                time.sleep(0.02)
+                return on_step(done, total)
+
+        return super().generate_batch(requests, images, rows, wrapped)

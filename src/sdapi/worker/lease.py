@@ -1,9 +1,10 @@
-"""Keeping a claim alive: a thread that renews the lease and reports progress while a job runs."""
+"""Keeping claims alive: a thread that renews leases and reports progress while a batch runs."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from types import TracebackType
 
 from sdapi.queue.base import JobQueue
@@ -12,19 +13,20 @@ log = logging.getLogger(__name__)
 
 
 class LeaseKeeper:
-    """Renews `lease_id` every `lease_s / 3` seconds until closed.
+    """Renews each of `lease_ids` every `lease_s / 3` seconds until closed.
 
-    If the queue says the lease holds no job any more (it expired and another worker took the
-    job over), `lost` is set so the generation can stop at its next step instead of finishing
-    work whose result would be thrown away.
+    A lease the queue says holds no job any more (it expired and another worker took the job
+    over) is marked lost; once every lease is lost, `all_lost` is set so the generation can stop
+    at its next step instead of finishing work whose result would be thrown away.
     """
 
-    def __init__(self, queue: JobQueue, lease_id: str, lease_s: float) -> None:
+    def __init__(self, queue: JobQueue, lease_ids: Iterable[str], lease_s: float) -> None:
         self.queue = queue
-        self.lease_id = lease_id
+        self.lease_ids = list(dict.fromkeys(lease_ids))
         self.lease_s = lease_s
         self.progress: float | None = None
-        self.lost = threading.Event()
+        self.all_lost = threading.Event()
+        self._lost: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
 
@@ -36,16 +38,24 @@ class LeaseKeeper:
         self._stop.set()
         self._thread.join()
 
+    def lost(self, lease_id: str | None) -> bool:
+        return lease_id in self._lost
+
     def _run(self) -> None:
         while not self._stop.wait(self.lease_s / 3):
-            try:
-                held = self.queue.heartbeat(
-                    self.lease_id, lease_s=self.lease_s, progress=self.progress
-                )
-            except Exception:  # a missed beat is not fatal; the lease has slack for two more
-                log.warning("heartbeat failed for lease %s", self.lease_id, exc_info=True)
-                continue
-            if held == 0:
-                log.warning("lease %s was lost; stopping its generation", self.lease_id)
-                self.lost.set()
+            for lease_id in self.lease_ids:
+                if lease_id not in self._lost:
+                    self._renew(lease_id)
+            if len(self._lost) == len(self.lease_ids):
+                self.all_lost.set()
                 return
+
+    def _renew(self, lease_id: str) -> None:
+        try:
+            held = self.queue.heartbeat(lease_id, lease_s=self.lease_s, progress=self.progress)
+        except Exception:  # a missed beat is not fatal; the lease has slack for two more
+            log.warning("heartbeat failed for lease %s", lease_id, exc_info=True)
+            return
+        if held == 0:
+            log.warning("lease %s was lost: another worker has its jobs", lease_id)
+            self._lost.add(lease_id)

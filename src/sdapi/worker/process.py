@@ -46,7 +46,13 @@ def run_worker(settings: Settings) -> None:
         settings.model, settings.models_dir, device=device, threads=settings.threads or None
     )
     worker = Worker(
-        backends.queue, backends.images, engine, lease_s=settings.lease_seconds, device=device
+        backends.queue,
+        backends.images,
+        engine,
+        lease_s=settings.lease_seconds,
+        device=device,
+        max_batch=settings.max_batch,
+        batch_wait=settings.batch_wait,
     )
     stop = threading.Event()
 

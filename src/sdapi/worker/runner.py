@@ -1,4 +1,5 @@
-"""The worker loop: claim a job, run it on the engine, store its images, record one outcome."""
+"""The worker loop: claim a batch of compatible jobs, run it on the engine, store the images,
+record one outcome per job."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from sdapi.batching import rows_for
 from sdapi.errors import DatabaseUnavailable, SdapiError
 from sdapi.images import encode_png
 from sdapi.jobs import GenerationRequest, Job
@@ -40,16 +42,17 @@ class Generator(Protocol):
 
     def load(self) -> None: ...
 
-    def generate(
+    def generate_batch(
         self,
-        request: GenerationRequest,
-        images: Mapping[str, Image] | None = None,
+        requests: Sequence[GenerationRequest],
+        images: Sequence[Mapping[str, Image]],
+        rows: int,
         on_step: Callable[[int, int], bool] | None = None,
-    ) -> list[Image]: ...
+    ) -> list[list[Image]]: ...
 
 
 class LeaseLost(Exception):
-    """Another worker owns the job now; this one drops its work without recording anything."""
+    """Other workers own every job of the batch now; this one drops its work."""
 
 
 class Worker:
@@ -61,12 +64,17 @@ class Worker:
         *,
         lease_s: float,
         device: str = "cpu",
+        max_batch: int = 0,
+        batch_wait: float = 0.0,
         worker_id: str | None = None,
     ) -> None:
         self.queue = queue
         self.images = images
         self.engine = engine
         self.lease_s = lease_s
+        self.device = device
+        self.max_batch = max_batch
+        self.batch_wait = batch_wait
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.info = WorkerInfo(self.id, socket.gethostname(), os.getpid(), device, engine.model)
 
@@ -106,50 +114,99 @@ class Worker:
                 outage_wait = min(outage_wait * 2, MAX_OUTAGE_RETRY_S)
 
     def run_once(self) -> bool:
-        """Claim and run one job; False when the queue had nothing for us."""
-        jobs = self.queue.claim(self.id, lease_s=self.lease_s, limit=1, models=[self.engine.model])
-        for job in jobs:
-            self.queue.worker_seen(self.id, "busy")
-            self.process(job)
-        return bool(jobs)
+        """Claim and run one batch; False when the queue had nothing for us."""
+        models = [self.engine.model]
+        jobs = self.queue.claim(self.id, lease_s=self.lease_s, limit=1, models=models)
+        if not jobs:
+            return False
+        self.queue.worker_seen(self.id, "busy")
+        self.process(jobs + self._gather(jobs[0]))
+        return True
 
-    def process(self, job: Job) -> None:
-        assert job.lease_id is not None
-        log.info("job %s: started (attempt %s)", job.id, job.attempts)
+    def rows_for(self, request: GenerationRequest) -> int:
+        return rows_for(self.device, request.width, request.height, self.max_batch)
+
+    def _gather(self, head: Job) -> list[Job]:
+        """More queued jobs with the head's batch key, while the batch has room for them."""
+        room = self.rows_for(head.request) - head.request.samples
+        gathered: list[Job] = []
+        for attempt in range(2):
+            if room <= 0:
+                break
+            if attempt and self.batch_wait:
+                time.sleep(self.batch_wait)  # a burst may still be arriving
+            more = self.queue.claim(
+                self.id,
+                lease_s=self.lease_s,
+                limit=room,
+                models=[self.engine.model],
+                batch_key=head.request.batch_key,
+            )
+            gathered += more
+            room -= sum(job.request.samples for job in more)
+        return gathered
+
+    def process(self, jobs: list[Job]) -> None:
+        """Run compatible jobs as one batch; each ends with its own outcome."""
+        ids = [job.id for job in jobs]
+        log.info("jobs %s: started (attempts %s)", ids, [job.attempts for job in jobs])
         started = time.monotonic()
-        with LeaseKeeper(self.queue, job.lease_id, self.lease_s) as lease:
+        with LeaseKeeper(self.queue, [j.lease_id or "" for j in jobs], self.lease_s) as keeper:
             try:
-                self._generate(job, lease)
+                outputs = self._generate(jobs, keeper)
             except LeaseLost:
-                log.warning("job %s: lease lost; another worker has it", job.id)
+                log.warning("jobs %s: every lease lost; other workers have them", ids)
                 return
             except Exception as exc:
-                self._fail(job, exc)
+                for job in jobs:
+                    self._fail(job, exc)
                 return
-        seconds = time.monotonic() - started
-        if self.queue.complete(job.id, job.lease_id, generation_seconds=seconds):
-            log.info("job %s: success in %.2f s", job.id, seconds)
-        else:
-            log.warning("job %s: finished but its lease had moved on; result dropped", job.id)
+            stored = [
+                job
+                for job, images in zip(jobs, outputs, strict=True)
+                if self._store(job, images, keeper)
+            ]
+        self._complete(stored, time.monotonic() - started)
 
-    def _generate(self, job: Job, lease: LeaseKeeper) -> None:
+    def _generate(self, jobs: list[Job], keeper: LeaseKeeper) -> list[list[Image]]:
         def on_step(done: int, total: int) -> bool:
-            lease.progress = done / max(total, 1)
-            return not lease.lost.is_set()
+            keeper.progress = done / max(total, 1)
+            return not keeper.all_lost.is_set()
 
-        inputs = self._load_inputs(job.request)
+        requests = [job.request for job in jobs]
+        inputs = [self._load_inputs(request) for request in requests]
         try:
-            outputs = self.engine.generate(job.request, inputs, on_step)
+            return self.engine.generate_batch(requests, inputs, self.rows_for(requests[0]), on_step)
         except Exception:
-            if lease.lost.is_set():  # the engine stopped because on_step said so
+            if keeper.all_lost.is_set():  # the engine stopped because on_step said so
                 raise LeaseLost from None
             raise
-        if lease.lost.is_set():
-            raise LeaseLost
-        # Names were fixed at submit time; a retry after a crash rewrites the same files.
-        for name, image in zip(job.output_names, outputs, strict=True):
-            self.images.put(name, encode_png(image))
-        log.info("job %s: stored %d images", job.id, len(outputs))
+
+    def _store(self, job: Job, images: list[Image], keeper: LeaseKeeper) -> bool:
+        """Write the job's images under the names fixed at submit time; False if not ours."""
+        if keeper.lost(job.lease_id):
+            log.warning("job %s: lease lost; another worker has it", job.id)
+            return False
+        try:
+            for name, image in zip(job.output_names, images, strict=True):
+                self.images.put(name, encode_png(image))
+        except Exception as exc:
+            self._fail(job, exc)
+            return False
+        log.info("job %s: stored %d images", job.id, len(images))
+        return True
+
+    def _complete(self, jobs: list[Job], seconds: float) -> None:
+        """Record success; each job teaches the rate its share of the batch's time."""
+        images = sum(job.request.samples for job in jobs) or 1
+        for job in jobs:
+            share = seconds * job.request.samples / images
+            if self.queue.complete(
+                job.id, job.lease_id or "", generation_seconds=seconds, cost_seconds=share
+            ):
+                log.info("job %s: success in %.2f s", job.id, seconds)
+            else:
+                log.warning("job %s: finished but its lease had moved on; result dropped", job.id)
 
     def _load_inputs(self, request: GenerationRequest) -> dict[str, Image]:
         from io import BytesIO
