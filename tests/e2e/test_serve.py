@@ -214,3 +214,30 @@ def test_system_load_counts_the_real_queue(served: Served) -> None:
     for job_id in ids:
         assert wait_done(served, job_id)["status"] == "success"
     assert served.post("/api/v3/system_load")["queue_num"] == 0
+
+
+def test_an_image_is_the_same_alone_or_batched(served: Served) -> None:
+    body = {"prompt": "a red boat", "width": 64, "height": 64, "num_inference_steps": 4, "seed": 77}
+    alone = served.post("/api/v3/text2img", body)
+    assert alone["status"] == "success"
+    # Keep the worker busy, queue four compatible jobs behind it: it takes them as one batch.
+    served.post(
+        "/api/v3/text2img",
+        {
+            "prompt": "busy",
+            "width": 512,
+            "height": 512,
+            "num_inference_steps": 8,
+            "instant_response": True,
+        },
+    )
+    ids = [
+        served.post(
+            "/api/v3/text2img", {**body, "prompt": prompt, "seed": seed, "instant_response": True}
+        )["id"]
+        for prompt, seed in (("x", 1), ("a red boat", 77), ("y", 2), ("z", 3))
+    ]
+    answers = [wait_done(served, job_id) for job_id in ids]
+    assert f"jobs {ids}: started" in served.server.log(), "the four jobs ran as one batch"
+    batched = download(served, answers[1]["output"][0])
+    assert batched.tobytes() == download(served, alone["output"][0]).tobytes()
