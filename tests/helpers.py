@@ -43,7 +43,13 @@ class FakeEngine:
         self.calls: list[list[GenerationRequest]] = []
 
     def load(self) -> None:
-        pass
+        self.loads = getattr(self, "loads", 0) + 1
+
+    def memory_bytes(self) -> int:
+        return 100
+
+    def unload(self) -> None:
+        self.unloads = getattr(self, "unloads", 0) + 1
 
     def generate_batch(self, requests, images, rows, on_step=None):  # type: ignore[no-untyped-def]
         from PIL import Image

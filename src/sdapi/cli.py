@@ -37,7 +37,14 @@ OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "--public-url": ("public_url", {"help": "Base URL clients reach this server at."}),
     "--host": ("host", {"help": "Address to listen on (default 127.0.0.1)."}),
     "--port": ("port", {"type": int, "help": "Port to listen on (default 7860)."}),
-    "--model": ("model", {"help": "Model: sdapi-tiny, a Hugging Face repo id or a local folder."}),
+    "--model": (
+        "model",
+        {
+            "multiple": True,
+            "help": "Model served: sdapi-tiny, a Hugging Face repo id or a local "
+            "folder (repeatable; the first is the default).",
+        },
+    ),
     "--workers": ("workers", {"type": int, "help": "Worker processes to start (0 = API only)."}),
     "--device": ("device", {"help": "auto, cpu, cuda or cuda:N."}),
     "--threads": ("threads", {"type": int, "help": "torch CPU threads per worker (0 = default)."}),
@@ -67,6 +74,18 @@ OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "--batch-wait": (
         "batch_wait",
         {"type": float, "help": "Seconds to wait for more jobs to fill a batch."},
+    ),
+    "--model-memory": (
+        "model_memory",
+        {"type": float, "help": "GiB of model weights a worker keeps loaded."},
+    ),
+    "--affinity-wait": (
+        "affinity_wait",
+        {
+            "type": float,
+            "help": "Seconds a job for an unloaded model waits "
+            "at most before a worker switches to it.",
+        },
     ),
     "--max-attempts": (
         "max_attempts",
@@ -137,7 +156,8 @@ def serve(**flags: Any) -> None:
     settings = load_settings(flags)
     configure_logging(settings.log_level)
     if settings.workers:  # a bad --model fails here, not in a worker restarted forever
-        _or_exit(check_model_ref, settings.model)
+        for model in settings.model:
+            _or_exit(check_model_ref, model)
     backends = _or_exit(open_backends, settings)
     _first_key(backends.keys)
     supervisor = WorkerSupervisor(settings, settings.workers)
@@ -164,6 +184,8 @@ def serve(**flags: Any) -> None:
     "--lease-seconds",
     "--max-batch",
     "--batch-wait",
+    "--model-memory",
+    "--affinity-wait",
     "--max-attempts",
     "--log-level",
 )

@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     public_url: str = ""
     host: str = "127.0.0.1"
     port: int = Field(default=7860, ge=0, le=65535)
-    model: str = DEFAULT_MODEL
+    #: Models served: `sdapi-tiny`, Hugging Face repo ids or local diffusers folders. The first
+    #: is the house model of v3 calls without `model_id`; workers keep as many loaded as fit.
+    model: Annotated[tuple[str, ...], NoDecode] = (DEFAULT_MODEL,)
     #: Worker subprocesses started by `sdapi serve` (0 = API only).
     workers: int = Field(default=1, ge=0, le=64)
     device: str = "auto"
@@ -52,6 +54,12 @@ class Settings(BaseSettings):
     max_batch: int = Field(default=0, ge=0, le=64)
     #: Seconds a worker waits for more compatible jobs to fill a batch it has room in.
     batch_wait: float = Field(default=0.05, ge=0, le=5)
+    #: GiB of model weights a worker keeps loaded (least recently used evicted beyond it);
+    #: 0 = 80% of the GPU's memory, or half the RAM on a CPU.
+    model_memory: float = Field(default=0, ge=0)
+    #: A worker prefers jobs for models it has loaded, but takes the oldest job of any served
+    #: model at least this often (seconds), so no model waits much longer than this.
+    affinity_wait: float = Field(default=30.0, gt=0)
     lease_seconds: float = Field(default=DEFAULT_LEASE_S, gt=0)
     #: A job whose worker died this many times is failed instead of retried.
     max_attempts: int = Field(default=3, ge=1)
@@ -64,13 +72,24 @@ class Settings(BaseSettings):
     max_steps: int = Field(default=50, ge=1)
     log_level: str = "info"
 
-    @field_validator("allow_hosts", mode="before")
+    @field_validator("allow_hosts", "model", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
-        # SDAPI_ALLOW_HOSTS is comma separated; --allow-host is repeatable (a list arrives).
+        # SDAPI_ALLOW_HOSTS and SDAPI_MODEL are comma separated; the flags are repeatable.
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("model")
+    @classmethod
+    def _some_model(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one model is needed")
+        return tuple(dict.fromkeys(value))  # each once, order kept
+
+    @property
+    def default_model(self) -> str:
+        return self.model[0]
 
     @property
     def database_url(self) -> str:

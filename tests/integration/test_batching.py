@@ -56,3 +56,17 @@ def test_progress_runs_over_every_call(engine: Engine) -> None:
 
     engine.generate_batch([request(samples=3, steps=2)], [{}], 1, on_step)  # 3 calls of 2 steps
     assert seen == [(1, 6), (2, 6), (3, 6), (4, 6), (5, 6), (6, 6)]
+
+
+def test_an_engine_reports_its_weights_and_can_be_unloaded(models_dir) -> None:  # type: ignore[no-untyped-def]
+    from sdapi.engine.tiny import TINY_MODEL_ID
+
+    engine = Engine(TINY_MODEL_ID, models_dir)
+    assert engine.memory_bytes() == 0
+    engine.load()
+    size = engine.memory_bytes()
+    assert 5 * 2**20 < size < 20 * 2**20  # the tiny model's ~10 MB of fp32 weights
+    before = png(engine.generate(request())[0])
+    engine.unload()
+    assert engine.memory_bytes() == 0
+    assert png(engine.generate(request())[0]) == before  # loads again on demand

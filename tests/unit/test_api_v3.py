@@ -54,7 +54,7 @@ def start_server(settings: Settings, *, worker: bool) -> Iterator[Server]:
     stop = threading.Event()
     thread = None
     if worker:
-        w = Worker(backends.queue, backends.images, FakeEngine(), lease_s=30)
+        w = Worker.for_engine(backends.queue, backends.images, FakeEngine(), lease_s=30)
         thread = threading.Thread(target=w.run, args=(stop,), daemon=True)
         thread.start()
     with TestClient(create_app(settings, backends), base_url=BASE) as client:
@@ -113,7 +113,7 @@ def test_processing_then_fetch_gives_the_promised_links(idle_server: Server) -> 
     assert polled["status"] == "processing" and polled["messege"] == "try again later."
     assert polled["queue_position"] == 1 and polled["eta"] > 0 and polled["output"] == []
     # A worker arrives and does the job: fetch now answers success at the promised URLs.
-    worker = Worker(
+    worker = Worker.for_engine(
         idle_server.backends.queue, idle_server.backends.images, FakeEngine(), lease_s=30
     )
     assert worker.run_once()
@@ -138,7 +138,7 @@ def test_queue_position_counts_jobs_ahead(idle_server: Server) -> None:
 
 def test_failed_job_answers_failed_with_the_reason(idle_server: Server) -> None:
     answer = idle_server.post("/api/v3/text2img", {"prompt": "p"})
-    worker = Worker(
+    worker = Worker.for_engine(
         idle_server.backends.queue,
         idle_server.backends.images,
         FakeEngine(fail_with="out of memory"),
@@ -322,3 +322,13 @@ def test_multipart_bodies_carry_large_base64_images(server: Server) -> None:
         files={"unused": ("x.txt", b"forces multipart/form-data")},
     )
     assert response.json()["status"] == "success", response.text
+
+
+def test_model_id_picks_a_served_model_and_unknown_ones_are_ignored() -> None:
+    settings = Settings(model=("house", "other"), sync_timeout=0)
+    for srv in start_server(settings, worker=False):
+        chosen = srv.post("/api/v3/text2img", {"prompt": "p", "model_id": "other"})
+        assert chosen["meta"]["model"] == "other"
+        # [compat] v3 clients send ids the real API ignored: served or not, never an error.
+        ignored = srv.post("/api/v3/text2img", {"prompt": "p", "model_id": "midjourney"})
+        assert ignored["meta"]["model"] == "house"

@@ -56,14 +56,15 @@ def test_invalid_setting_is_a_usage_error(runner: CliRunner) -> None:
 
 
 def test_flags_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SDAPI_MODEL", "from-env")
+    monkeypatch.setenv("SDAPI_MODEL", "from-env, other")
     monkeypatch.setenv("SDAPI_SYNC_TIMEOUT", "3")
     monkeypatch.setenv("SDAPI_ALLOW_HOSTS", "127.0.0.1, images.internal ,10.0.0.0/8")
-    settings = load_settings({"model": "from-flag", "sync_timeout": None, "allow_hosts": ()})
-    assert settings.model == "from-flag" and settings.sync_timeout == 3
+    settings = load_settings({"model": ("from-flag",), "sync_timeout": None, "allow_hosts": ()})
+    assert settings.model == ("from-flag",) and settings.sync_timeout == 3
     assert settings.allow_hosts == ("127.0.0.1", "images.internal", "10.0.0.0/8")
-    flagged = load_settings({"allow_hosts": ("localhost",)})
+    flagged = load_settings({"allow_hosts": ("localhost",), "model": ()})
     assert flagged.allow_hosts == ("localhost",)
+    assert flagged.model == ("from-env", "other") and flagged.default_model == "from-env"
 
 
 def test_settings_round_trip_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

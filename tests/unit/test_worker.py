@@ -26,7 +26,7 @@ def enqueue(queue: MemoryQueue, **changes: object) -> int:
 def test_success_writes_every_promised_file() -> None:
     queue, store = MemoryQueue(), MemoryStore()
     job_id = enqueue(queue, samples=3)
-    assert Worker(queue, store, FakeEngine(), lease_s=30).run_once()
+    assert Worker.for_engine(queue, store, FakeEngine(), lease_s=30).run_once()
     job = queue.get(job_id)
     assert job is not None and job.status is JobStatus.SUCCESS
     assert sorted(store.files) == sorted(job.output_names)
@@ -36,7 +36,9 @@ def test_success_writes_every_promised_file() -> None:
 def test_engine_error_fails_the_job_with_its_reason() -> None:
     queue, store = MemoryQueue(), MemoryStore()
     job_id = enqueue(queue)
-    Worker(queue, store, FakeEngine(fail_with="CUDA out of memory"), lease_s=30).run_once()
+    Worker.for_engine(
+        queue, store, FakeEngine(fail_with="CUDA out of memory"), lease_s=30
+    ).run_once()
     job = queue.get(job_id)
     assert job is not None and job.status is JobStatus.FAILED
     assert job.error == "RuntimeError: CUDA out of memory"
@@ -46,7 +48,7 @@ def test_engine_error_fails_the_job_with_its_reason() -> None:
 def test_missing_input_image_fails_cleanly() -> None:
     queue, store = MemoryQueue(), MemoryStore()
     job_id = enqueue(queue, init_image="inputs/gone-init.png", strength=0.5)
-    Worker(queue, store, FakeEngine(), lease_s=30).run_once()
+    Worker.for_engine(queue, store, FakeEngine(), lease_s=30).run_once()
     job = queue.get(job_id)
     assert job is not None and job.status is JobStatus.FAILED and "missing" in (job.error or "")
 
@@ -70,7 +72,7 @@ class SlowEngine(FakeEngine):
 def test_a_lost_lease_stops_generation_and_records_nothing() -> None:
     queue, store = LosingQueue(), MemoryStore()
     job_id = enqueue(queue)
-    Worker(queue, store, SlowEngine(), lease_s=0.3).run_once()
+    Worker.for_engine(queue, store, SlowEngine(), lease_s=0.3).run_once()
     job = queue.get(job_id)
     assert job is not None and job.status is JobStatus.PROCESSING  # untouched: not ours any more
     assert store.files == {}
@@ -79,13 +81,13 @@ def test_a_lost_lease_stops_generation_and_records_nothing() -> None:
 def test_worker_ignores_jobs_for_other_models() -> None:
     queue, store = MemoryQueue(), MemoryStore()
     enqueue(queue, model="someone-else")
-    assert not Worker(queue, store, FakeEngine(), lease_s=30).run_once()
+    assert not Worker.for_engine(queue, store, FakeEngine(), lease_s=30).run_once()
 
 
 def test_run_stops_when_asked_and_deregisters() -> None:
     queue, store = MemoryQueue(), MemoryStore()
     stop = threading.Event()
-    worker = Worker(queue, store, FakeEngine(), lease_s=30)
+    worker = Worker.for_engine(queue, store, FakeEngine(), lease_s=30)
     thread = threading.Thread(target=worker.run, args=(stop,))
     thread.start()
     job_id = enqueue(queue)
@@ -117,7 +119,7 @@ def test_worker_rides_out_a_database_outage(monkeypatch: pytest.MonkeyPatch) -> 
     job_id = enqueue(queue)
     stop = threading.Event()
     thread = threading.Thread(
-        target=Worker(queue, store, FakeEngine(), lease_s=30).run, args=(stop,)
+        target=Worker.for_engine(queue, store, FakeEngine(), lease_s=30).run, args=(stop,)
     )
     thread.start()
     deadline = time.monotonic() + 10
@@ -133,7 +135,7 @@ def test_compatible_jobs_run_as_one_batch() -> None:
     queue, store, engine = MemoryQueue(), MemoryStore(), FakeEngine()
     ids = [enqueue(queue, seed=i) for i in range(4)]  # 64 px on a CPU: 4 images per call
     other = enqueue(queue, seed=9, width=128)
-    assert Worker(queue, store, engine, lease_s=30).run_once()
+    assert Worker.for_engine(queue, store, engine, lease_s=30).run_once()
     assert [[r.seed for r in call] for call in engine.calls] == [[0, 1, 2, 3]]
     done = [queue.get(i) for i in ids]
     assert all(j is not None and j.status is JobStatus.SUCCESS for j in done)
@@ -145,7 +147,7 @@ def test_max_batch_one_disables_batching() -> None:
     queue, store, engine = MemoryQueue(), MemoryStore(), FakeEngine()
     for i in range(3):
         enqueue(queue, seed=i)
-    worker = Worker(queue, store, engine, lease_s=30, max_batch=1)
+    worker = Worker.for_engine(queue, store, engine, lease_s=30, max_batch=1)
     while worker.run_once():
         pass
     assert [len(call) for call in engine.calls] == [1, 1, 1]
@@ -157,7 +159,7 @@ def test_a_burst_arriving_during_the_wait_joins_the_batch(
     queue, store, engine = MemoryQueue(), MemoryStore(), FakeEngine()
     enqueue(queue, seed=1)
     monkeypatch.setattr(runner.time, "sleep", lambda s: enqueue(queue, seed=2))
-    Worker(queue, store, engine, lease_s=30, batch_wait=0.05).run_once()
+    Worker.for_engine(queue, store, engine, lease_s=30, batch_wait=0.05).run_once()
     assert [[r.seed for r in call] for call in engine.calls] == [[1, 2]]
 
 
@@ -174,7 +176,7 @@ def test_a_job_whose_lease_was_lost_is_dropped_from_its_batch() -> None:
     queue, store = OneLeaseLostQueue(), MemoryStore()
     first = enqueue(queue, seed=1, steps=40)
     second = enqueue(queue, seed=2, steps=40)
-    Worker(queue, store, SlowSteps(), lease_s=0.3).run_once()
+    Worker.for_engine(queue, store, SlowSteps(), lease_s=0.3).run_once()
     assert queue.get(first).status is JobStatus.PROCESSING  # type: ignore[union-attr]
     assert queue.get(second).status is JobStatus.SUCCESS  # type: ignore[union-attr]
     assert sorted(store.files) == ["generations/job-2-0.png"]

@@ -67,7 +67,7 @@ class Submissions:
         seed = params.seed if params.seed is not None else secrets.randbelow(RANDOM_SEED_RANGE)
         request = GenerationRequest(
             task=task,
-            model=self.settings.model,
+            model=params.model_id or self.settings.default_model,
             prompt=params.prompt,
             negative_prompt=params.negative_prompt,
             width=params.width,

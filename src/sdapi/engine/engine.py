@@ -67,6 +67,29 @@ class Engine:
             self._default_scheduler = type(pipe.scheduler)
             self._pipes[Task.TEXT2IMG] = pipe
 
+    def memory_bytes(self) -> int:
+        """Bytes of the loaded weights (img2img and inpaint share them: counted once)."""
+        pipe = self._pipes.get(Task.TEXT2IMG)
+        if pipe is None:
+            return 0
+        total = 0
+        for component in pipe.components.values():
+            for tensor in [
+                *getattr(component, "parameters", list)(),
+                *getattr(component, "buffers", list)(),
+            ]:
+                total += tensor.numel() * tensor.element_size()
+        return total
+
+    def unload(self) -> None:
+        """Drop the pipelines so their memory can be reused (GPU memory is released too)."""
+        with self._lock:
+            self._pipes.clear()
+            if self.device.startswith("cuda"):
+                import torch
+
+                torch.cuda.empty_cache()
+
     def generate(
         self,
         request: GenerationRequest,

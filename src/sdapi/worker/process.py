@@ -36,23 +36,30 @@ def resolve_device(device: str) -> str:
 
 def run_worker(settings: Settings) -> None:
     """Serve jobs until SIGTERM/SIGINT; the job in hand is finished before exiting."""
+    from sdapi.engine.cache import EngineCache, default_budget
     from sdapi.engine.engine import Engine
     from sdapi.engine.models import check_model_ref
 
-    check_model_ref(settings.model)  # fail before joining the queue, not after
+    for model in settings.model:  # fail before joining the queue, not after
+        check_model_ref(model)
     backends = open_backends(settings)
     device = resolve_device(settings.device)
-    engine = Engine(
-        settings.model, settings.models_dir, device=device, threads=settings.threads or None
-    )
+    threads = settings.threads or None
+
+    def engine_for(model: str) -> Engine:
+        return Engine(model, settings.models_dir, device=device, threads=threads)
+
+    budget = int(settings.model_memory * 2**30) or default_budget(device)
     worker = Worker(
         backends.queue,
         backends.images,
-        engine,
+        EngineCache(engine_for, budget),
+        settings.model,
         lease_s=settings.lease_seconds,
         device=device,
         max_batch=settings.max_batch,
         batch_wait=settings.batch_wait,
+        fair_every_s=settings.affinity_wait,
     )
     stop = threading.Event()
 

@@ -10,14 +10,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sdapi.batching import rows_for
+from sdapi.engine.cache import EngineCache
 from sdapi.errors import DatabaseUnavailable, SdapiError
 from sdapi.images import encode_png
 from sdapi.jobs import GenerationRequest, Job
 from sdapi.queue.base import JobQueue, WorkerInfo
 from sdapi.storage.base import ImageStore
+from sdapi.worker.affinity import FAIR_EVERY_S, Affinity
 from sdapi.worker.lease import LeaseKeeper
 
 if TYPE_CHECKING:
@@ -42,6 +44,10 @@ class Generator(Protocol):
 
     def load(self) -> None: ...
 
+    def memory_bytes(self) -> int: ...
+
+    def unload(self) -> None: ...
+
     def generate_batch(
         self,
         requests: Sequence[GenerationRequest],
@@ -60,30 +66,44 @@ class Worker:
         self,
         queue: JobQueue,
         images: ImageStore,
-        engine: Generator,
+        engines: EngineCache,
+        models: Sequence[str],
         *,
         lease_s: float,
         device: str = "cpu",
         max_batch: int = 0,
         batch_wait: float = 0.0,
+        fair_every_s: float = FAIR_EVERY_S,
         worker_id: str | None = None,
     ) -> None:
         self.queue = queue
         self.images = images
-        self.engine = engine
+        self.engines = engines
+        #: Served models; the first is loaded at start.
+        self.models = list(models)
+        self.affinity = Affinity(self.models, fair_every_s)
         self.lease_s = lease_s
         self.device = device
         self.max_batch = max_batch
         self.batch_wait = batch_wait
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.info = WorkerInfo(self.id, socket.gethostname(), os.getpid(), device, engine.model)
+        host = socket.gethostname()
+        self.info = WorkerInfo(self.id, host, os.getpid(), device, ",".join(self.models))
+
+    @classmethod
+    def for_engine(
+        cls, queue: JobQueue, images: ImageStore, engine: Generator, **options: Any
+    ) -> Worker:
+        """A worker serving one ready engine (tests, embedding)."""
+        engines = EngineCache(lambda model: engine, budget_bytes=0)
+        return cls(queue, images, engines, [engine.model], **options)
 
     def run(self, stop: threading.Event) -> None:
         """Serve jobs until `stop` is set; the job in hand is finished first."""
         self.queue.register_worker(self.info)
         try:
-            self.engine.load()
-            log.info("worker %s ready (model %s)", self.id, self.engine.model)
+            self.engines.get(self.models[0])
+            log.info("worker %s ready (models %s)", self.id, ", ".join(self.models))
             self.queue.worker_seen(self.id, "ready")
             self._serve(stop)
         finally:
@@ -115,13 +135,13 @@ class Worker:
 
     def run_once(self) -> bool:
         """Claim and run one batch; False when the queue had nothing for us."""
-        models = [self.engine.model]
-        jobs = self.queue.claim(self.id, lease_s=self.lease_s, limit=1, models=models)
-        if not jobs:
-            return False
-        self.queue.worker_seen(self.id, "busy")
-        self.process(jobs + self._gather(jobs[0]))
-        return True
+        for models in self.affinity.claim_order(self.engines.loaded):
+            jobs = self.queue.claim(self.id, lease_s=self.lease_s, limit=1, models=models)
+            if jobs:
+                self.queue.worker_seen(self.id, "busy")
+                self.process(jobs + self._gather(jobs[0]))
+                return True
+        return False
 
     def rows_for(self, request: GenerationRequest) -> int:
         return rows_for(self.device, request.width, request.height, self.max_batch)
@@ -139,7 +159,7 @@ class Worker:
                 self.id,
                 lease_s=self.lease_s,
                 limit=room,
-                models=[self.engine.model],
+                models=[head.request.model],
                 batch_key=head.request.batch_key,
             )
             gathered += more
@@ -176,7 +196,8 @@ class Worker:
         requests = [job.request for job in jobs]
         inputs = [self._load_inputs(request) for request in requests]
         try:
-            return self.engine.generate_batch(requests, inputs, self.rows_for(requests[0]), on_step)
+            engine = self.engines.get(requests[0].model)
+            return engine.generate_batch(requests, inputs, self.rows_for(requests[0]), on_step)
         except Exception:
             if keeper.all_lost.is_set():  # the engine stopped because on_step said so
                 raise LeaseLost from None

@@ -44,6 +44,8 @@ class GenerationParams:
     track_id: str | None
     webhook: str | None
     instant_response: bool
+    #: A served model named by the client; None means the house model.
+    model_id: str | None
 
 
 def generation_fields(settings: Settings, task: Task) -> list[Field]:
@@ -146,6 +148,12 @@ def generation_fields(settings: Settings, task: Task) -> list[Field]:
             description="URL to POST the result to when the job ends (stored).",
         ),
         Field(
+            "model_id",
+            "str",
+            max_length=1024,
+            description="A model this server serves (see --model); the default one otherwise.",
+        ),
+        Field(
             "instant_response",
             "flag",
             default=False,
@@ -161,6 +169,10 @@ def read_generation(body: dict[str, Any], settings: Settings, task: Task) -> Gen
         raise ValidationFailed.one(
             "scheduler", f"The scheduler {name} is not supported: {UNSUPPORTED[name]}."
         )
+    # [compat] v3 clients send model_ids the real API ignored ("midjourney", ...): a model this
+    # server does not serve is ignored too, not refused.
+    if values["model_id"] not in settings.model:
+        values["model_id"] = None
     if values["seed"] == -1:
         values["seed"] = None
     # Image fields a task has no use for are ignored, like any unknown field.

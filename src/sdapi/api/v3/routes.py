@@ -116,6 +116,6 @@ async def system_load(request: Request) -> dict[str, Any]:
     state, _, _ = await _caller(request)
     queue = state.backends.queue
     stats = await run_in_threadpool(queue.stats)
-    default_key = rate_key(state.settings.model, Task.TEXT2IMG)
+    default_key = rate_key(state.settings.default_model, Task.TEXT2IMG)
     seconds = await run_in_threadpool(queue_time, queue, default_key)
     return {"queue_num": stats.queued + stats.processing, "queue_time": seconds, "status": "ok"}
