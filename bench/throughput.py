@@ -1,24 +1,28 @@
 """Images per second: sdapi end to end against the best this hardware does, in one run.
 
-Three measurements of the same images (same model, prompts, seeds, size and steps):
+Measurements of the same images (same model, prompts, seeds, size and steps):
 
 a) the ceiling: the engine called directly in this process, in calls of the `rows` images
    sdapi uses for this size (`rows_for(device, size, size, 0)`); no HTTP, queue or storage;
+   a1) the same in calls of one image, so that b/c can be read against what batching gains
+   on this hardware at all (a/a1);
 b) `sdapi serve` (own temp data dir, one worker, default batching, `--sync-timeout 0`):
    `--clients` threads submit the jobs over HTTP, then poll fetch until each one succeeds;
 c) as b) with `--max-batch 1`: one image per pipeline call, as peer servers run.
 
-Nothing timed includes a model load or a first pipeline call: a) makes one call first, and each
-server must answer one warm-up job of the same shape with success before its run starts. The
-servers' images/s are read from their database: jobs / (first created_at -> last finished_at).
-Every run uses the same torch threads: this process's default, passed to the servers as
-`--threads`.
+Nothing timed includes a model load or a first pipeline call: a) and a1) make one call first,
+and each server must answer one warm-up job of the same shape with success before its run
+starts. The servers' images/s are read from their database: jobs / (first created_at -> last
+finished_at). Every run uses the same torch threads: this process's default, passed to the
+servers as `--threads`.
 
-Also printed, from the b) server's database (`<data-dir>/sdapi.db`, table jobs):
+Also printed, from the b) server's database (`<data-dir>/sdapi.db`, tables jobs and rates):
 - submit-to-start latency (started_at - created_at) of single jobs sent one at a time to the
   idle server;
 - ETA error of run b): the `eta` each submit answered against its actual wait
-  (finished_at - created_at), |pred - actual| / actual.
+  (finished_at - created_at), |pred - actual| / actual; with the server's learned seconds per
+  work unit before and after the run, and the error those same ETAs would have had at the rate
+  learned after it.
 
     .venv/bin/python bench/throughput.py [--jobs 16] [--clients 8] [--size 256] [--steps 20]
         [--device cpu] [--model sdapi-tiny]
@@ -124,14 +128,18 @@ def engine_request(cfg: Config, index: int) -> GenerationRequest:
     )
 
 
-def ceiling(cfg: Config, models_dir: Path) -> float:
-    """a): images/s of the engine alone, in calls of `cfg.rows` images, after one warm call."""
+def ceilings(cfg: Config, models_dir: Path) -> tuple[float, float]:
+    """a): images/s of the engine alone in calls of `cfg.rows` images; a1): in calls of one."""
     engine = Engine(cfg.model, models_dir, cfg.device, cfg.threads)
     engine.load()
     requests = [engine_request(cfg, i) for i in range(cfg.jobs)]
-    engine.generate_batch(requests[: cfg.rows], [{}] * cfg.rows, cfg.rows)
+    return engine_rate(engine, requests, cfg.rows), engine_rate(engine, requests, 1)
+
+
+def engine_rate(engine: Engine, requests: Sequence[GenerationRequest], rows: int) -> float:
+    engine.generate_batch(requests[:rows], [{}] * rows, rows)  # the first call: not timed
     started = time.perf_counter()
-    engine.generate_batch(requests, [{}] * len(requests), cfg.rows)
+    engine.generate_batch(requests, [{}] * len(requests), rows)
     return len(requests) / (time.perf_counter() - started)
 
 
@@ -151,6 +159,8 @@ class Server:
     port: int
     key: str
     proc: subprocess.Popen[bytes]
+    #: Id of the job that warmed the worker up (0 until it is submitted).
+    warm_up_id: int = 0
 
     @property
     def url(self) -> str:
@@ -189,6 +199,10 @@ class Server:
             f"SELECT id, created_at, started_at, finished_at FROM jobs WHERE id IN ({marks})", ids
         )
         return {r["id"]: Timing(r["created_at"], r["started_at"], r["finished_at"]) for r in rows}
+
+    def generation_seconds(self, job_id: int) -> float:
+        rows = self.query("SELECT generation_seconds FROM jobs WHERE id = ?", (job_id,))
+        return float(rows[0]["generation_seconds"])
 
     def rate(self) -> float | None:
         """The seconds per work unit the server has learned (None: it still uses its prior)."""
@@ -253,7 +267,8 @@ def serving(cfg: Config, *flags: str) -> Iterator[Server]:
         try:
             wait_healthy(server)
             with httpx.Client() as http:  # the worker loads the model during this job
-                server.wait_success(http, server.submit(http, job_body(cfg, WARM_UP)).id)
+                server.warm_up_id = server.submit(http, job_body(cfg, WARM_UP)).id
+                server.wait_success(http, server.warm_up_id)
             yield server
         except BaseException:
             log_text = (data_dir / "server.log").read_text(errors="replace")
@@ -278,10 +293,27 @@ def run_clients(server: Server, cfg: Config) -> list[Submitted]:
         return [job for share in pool.map(client, shares) for job in share]
 
 
-def images_per_second(timings: Sequence[Timing]) -> float:
-    first = min(t.created_at for t in timings)
-    last = max(t.finished_at for t in timings)
-    return len(timings) / (last - first)
+@dataclass(frozen=True, slots=True)
+class ServedRun:
+    images_per_s: float
+    #: (eta the submit answered, actual finished_at - created_at) per job.
+    etas: list[tuple[float, float]]
+    #: The server's seconds per work unit before and after the run (None: its prior).
+    rate_before: float | None
+    rate_after: float | None
+
+
+def served_run(server: Server, cfg: Config) -> ServedRun:
+    """Images/s from the database: jobs / (first created_at -> last finished_at)."""
+    rate_before = server.rate()
+    submitted = run_clients(server, cfg)
+    timings = server.timings([job.id for job in submitted])
+    first = min(t.created_at for t in timings.values())
+    last = max(t.finished_at for t in timings.values())
+    etas = [
+        (job.eta, timings[job.id].finished_at - timings[job.id].created_at) for job in submitted
+    ]
+    return ServedRun(len(submitted) / (last - first), etas, rate_before, server.rate())
 
 
 def idle_latencies(server: Server, cfg: Config) -> list[float]:
@@ -301,17 +333,10 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[max(math.ceil(q * len(ordered)) - 1, 0)]
 
 
-def report_eta(submitted: Sequence[Submitted], timings: dict[int, Timing]) -> None:
-    pairs = [
-        (job.eta, timings[job.id].finished_at - timings[job.id].created_at) for job in submitted
-    ]
-    errors = [abs(pred - actual) / actual for pred, actual in pairs]
-    ratios = [pred / actual for pred, actual in pairs]
-    print(
-        f"ETA error, run b ({len(pairs)} jobs): median {statistics.median(errors):.0%}, "
-        f"p90 {percentile(errors, 0.9):.0%}; median predicted/actual "
-        f"{statistics.median(ratios):.2f}"
-    )
+def eta_errors(etas: Sequence[tuple[float, float]], scale: float = 1.0) -> str:
+    """Median and p90 of |pred - actual| / actual, predictions multiplied by `scale`."""
+    errors = [abs(pred * scale - actual) / actual for pred, actual in etas]
+    return f"median {statistics.median(errors):.0%}, p90 {percentile(errors, 0.9):.0%}"
 
 
 def row(label: str, images_per_s: float) -> None:
@@ -319,8 +344,7 @@ def row(label: str, images_per_s: float) -> None:
 
 
 def describe_rate(rate: float | None) -> str:
-    """The server's rate; None means a cold server: it still uses its prior."""
-    return f"{PRIOR_SECONDS_PER_UNIT:.3f} (prior)" if rate is None else f"{rate:.3f} (learned)"
+    return f"{PRIOR_SECONDS_PER_UNIT:.3f} (the prior)" if rate is None else f"{rate:.3f}"
 
 
 def pace(cfg: Config, images_per_s: float) -> float:
@@ -348,41 +372,63 @@ def parse_args() -> Config:
     )
 
 
-def main() -> None:
-    cfg = parse_args()
+def print_header(cfg: Config) -> None:
     print(
         f"{cfg.jobs} jobs, {cfg.clients} clients, {cfg.size}x{cfg.size} px, {cfg.steps} steps, "
         f"rows {cfg.rows}, device {cfg.device}, model {cfg.model}, torch threads {cfg.threads} "
-        "(in-process, and --threads for the servers)",
-        flush=True,
+        "(in-process, and --threads for the servers)"
     )
-    print(f"{'run':<36} {'images/s':>8}")
+    print(f"load average (1 min) at start: {os.getloadavg()[0]:.2f}")
+    print(f"{'run':<36} {'images/s':>8}", flush=True)
+
+
+def print_eta(cfg: Config, run: ServedRun, warm_up_s: float) -> None:
+    ratio = statistics.median(pred / actual for pred, actual in run.etas)
+    print(
+        f"ETA error, run b ({len(run.etas)} jobs): {eta_errors(run.etas)}; "
+        f"median predicted/actual {ratio:.2f}"
+    )
+    print(
+        f"  server's seconds per work unit: {describe_rate(run.rate_before)} when run b was "
+        f"submitted, {describe_rate(run.rate_after)} after it; run b's own pace "
+        f"{pace(cfg, run.images_per_s):.3f}"
+    )
+    print(
+        f"  learned before run b from the warm-up job alone: 1 image in a call of {cfg.rows}, "
+        f"{warm_up_s:.2f} s (a cold server would use the prior, {PRIOR_SECONDS_PER_UNIT})"
+    )
+    if run.rate_before and run.rate_after:
+        scale = run.rate_after / run.rate_before
+        print(f"  the same ETAs at the rate learned after run b: {eta_errors(run.etas, scale)}")
+
+
+def main() -> None:
+    cfg = parse_args()
+    print_header(cfg)
     with tempfile.TemporaryDirectory(prefix="sdapi-bench-") as tmp:
-        rate_a = ceiling(cfg, Path(tmp) / "models")
+        rate_a, rate_a1 = ceilings(cfg, Path(tmp) / "models")
     row(f"a) engine in-process (rows {cfg.rows})", rate_a)
+    row("a1) engine in-process (rows 1)", rate_a1)
 
     with serving(cfg) as server:
-        rate_before = server.rate()
-        submitted = run_clients(server, cfg)
-        timings = server.timings([job.id for job in submitted])
-        rate_b = images_per_second(list(timings.values()))
-        row(f"b) sdapi serve, batching (rows {cfg.rows})", rate_b)
-        rate_after = server.rate()
+        run_b = served_run(server, cfg)
+        row(f"b) sdapi serve, batching (rows {cfg.rows})", run_b.images_per_s)
+        warm_up_s = server.generation_seconds(server.warm_up_id)
         latencies = idle_latencies(server, cfg)
-
     with serving(cfg, "--max-batch", "1") as server:
-        submitted_c = run_clients(server, cfg)
-        rate_c = images_per_second(list(server.timings([job.id for job in submitted_c]).values()))
+        rate_c = served_run(server, cfg).images_per_s
     row("c) sdapi serve, --max-batch 1", rate_c)
 
-    print(f"b/a {rate_b / rate_a:.2f}   b/c {rate_b / rate_c:.2f}")
+    rate_b = run_b.images_per_s
+    print(
+        f"b/a {rate_b / rate_a:.2f}   b/c {rate_b / rate_c:.2f}   "
+        f"(batching's gain in the engine alone, a/a1: {rate_a / rate_a1:.2f})"
+    )
     print(
         f"submit-to-start latency, idle b server ({len(latencies)} jobs): "
         f"median {statistics.median(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms"
     )
-    report_eta(submitted, timings)
-    print(f"  seconds per work unit: {describe_rate(rate_before)} when run b was submitted,")
-    print(f"  {describe_rate(rate_after)} after it; run b's own pace {pace(cfg, rate_b):.3f}")
+    print_eta(cfg, run_b, warm_up_s)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,13 @@ class Wait:
 
 
 def seconds_per_unit(queue: JobQueue, job: Job) -> float:
-    return queue.rate(rate_key(job.request.model, job.request.task)) or PRIOR_SECONDS_PER_UNIT
+    """The speed measured for the job's batch key, else for its model and task, else a prior."""
+    request = job.request
+    return (
+        queue.rate(request.batch_key)
+        or queue.rate(rate_key(request.model, request.task))
+        or PRIOR_SECONDS_PER_UNIT
+    )
 
 
 def wait_for(queue: JobQueue, job: Job) -> Wait:

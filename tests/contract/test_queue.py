@@ -221,3 +221,19 @@ def test_a_batched_job_teaches_the_rate_its_share(queue: JobQueue) -> None:
     assert done is not None and done.generation_seconds == 8.0  # what the client is told
     units = make_request(steps=10).work_units
     assert queue.rate("sdapi-tiny|text2img") == pytest.approx(2.0 / units)
+
+
+def test_rates_are_learned_per_batch_key_too(queue: JobQueue) -> None:
+    small = submit(queue, steps=10)
+    [job] = queue.claim("w", lease_s=LEASE)
+    queue.complete(small, job.lease_id or "", generation_seconds=5.0)
+    large = submit(queue, steps=10, width=128, height=128)
+    [job] = queue.claim("w", lease_s=LEASE)
+    queue.complete(large, job.lease_id or "", generation_seconds=40.0)
+    small_units = make_request(steps=10).work_units
+    large_units = make_request(steps=10, width=128, height=128).work_units
+    assert queue.rate(make_request(steps=10).batch_key) == pytest.approx(5.0 / small_units)
+    big_key = make_request(steps=10, width=128, height=128).batch_key
+    assert queue.rate(big_key) == pytest.approx(40.0 / large_units)
+    family = queue.rate("sdapi-tiny|text2img")
+    assert family is not None and 5.0 / small_units < family < 40.0 / large_units

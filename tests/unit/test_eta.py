@@ -47,3 +47,19 @@ def test_measured_rate_work_ahead_and_workers() -> None:
     assert wait_for(queue, running_job).eta == pytest.approx(0.5 * 6)
     assert wait_for(queue, running_job).position is None
     assert queue_time(queue, KEY) == round(0.5 * (6 + 4) / 2)
+
+
+def test_the_batch_key_rate_wins_over_the_model_rate() -> None:
+    queue = MemoryQueue()
+    slow = enqueue(queue, steps=10, width=128, height=128)
+    [job] = queue.claim("w", lease_s=30)
+    queue.complete(slow, job.lease_id or "", generation_seconds=10.0)
+    fresh = queue.get(enqueue(queue, steps=10))
+    assert fresh is not None
+    family = queue.rate(KEY)
+    assert wait_for(queue, fresh).eta == pytest.approx(family * fresh.request.work_units)
+    [job] = queue.claim("w", lease_s=30)
+    queue.complete(fresh.id, job.lease_id or "", generation_seconds=0.5)
+    again = queue.get(enqueue(queue, steps=10))
+    assert again is not None
+    assert wait_for(queue, again).eta == pytest.approx(0.5)  # measured for exactly this key

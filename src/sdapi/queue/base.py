@@ -105,7 +105,10 @@ class JobQueue(Protocol):
     def stats(self) -> QueueStats: ...
 
     def rate(self, key: str) -> float | None:
-        """Measured seconds per work unit for a rate key, None before any job finished."""
+        """Measured seconds per work unit for a batch key or a `rate_key(model, task)`.
+
+        Both are learned from every finished job; None before a job of the kind finished.
+        """
         ...
 
     def wait_for_work(self, timeout: float) -> None:

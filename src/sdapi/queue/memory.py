@@ -152,7 +152,8 @@ class MemoryQueue:
             key = rate_key(job.request.model, job.request.task)
             cost = learned_seconds(generation_seconds, cost_seconds)
             measured = cost / max(job.request.work_units, 1e-9)
-            self._rates[key] = blend_rate(self._rates.get(key), measured)
+            for rate in (job.request.batch_key, key):  # specific, then general
+                self._rates[rate] = blend_rate(self._rates.get(rate), measured)
         return True
 
     def fail(self, job_id: int, lease_id: str, *, error: str) -> bool:

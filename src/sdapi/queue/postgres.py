@@ -160,13 +160,14 @@ class PostgresQueue:
                 f"UPDATE jobs SET status = 'success', finished_at = %s, generation_seconds = %s,"
                 f" progress = 1, lease_id = NULL, lease_expires_at = NULL"
                 f" WHERE id = %s AND lease_id = %s AND status IN {TO_SUCCESS}"
-                f" RETURNING rate_key, work_units",
+                f" RETURNING batch_key, rate_key, work_units",
                 (now, generation_seconds, job_id, lease_id),
             ).fetchone()
             if done is not None:
                 cost = learned_seconds(generation_seconds, cost_seconds)
                 measured = cost / max(done["work_units"], 1e-9)
-                _learn_rate(conn, done["rate_key"], measured, now)
+                for key in (done["batch_key"], done["rate_key"]):  # specific, then general
+                    _learn_rate(conn, key, measured, now)
         return done is not None
 
     def fail(self, job_id: int, lease_id: str, *, error: str) -> bool:

@@ -151,19 +151,22 @@ class SQLiteQueue:
     def _learn_rate(
         self, conn: sqlite3.Connection, job_id: int, seconds: float, now: float
     ) -> None:
-        row = conn.execute(
-            "SELECT j.rate_key, j.work_units, r.seconds_per_unit FROM jobs j"
-            " LEFT JOIN rates r ON r.rate_key = j.rate_key WHERE j.id = ?",
-            (job_id,),
+        """Blend the measurement into the job's batch-key rate and its model+task rate."""
+        job = conn.execute(
+            "SELECT batch_key, rate_key, work_units FROM jobs WHERE id = ?", (job_id,)
         ).fetchone()
-        rate = blend_rate(row["seconds_per_unit"], seconds / max(row["work_units"], 1e-9))
-        conn.execute(
-            "INSERT INTO rates (rate_key, seconds_per_unit, samples, updated_at)"
-            " VALUES (?, ?, 1, ?)"
-            " ON CONFLICT (rate_key) DO UPDATE SET seconds_per_unit = excluded.seconds_per_unit,"
-            " samples = samples + 1, updated_at = excluded.updated_at",
-            (row["rate_key"], rate, now),
-        )
+        measured = seconds / max(job["work_units"], 1e-9)
+        for key in (job["batch_key"], job["rate_key"]):
+            row = conn.execute(
+                "SELECT seconds_per_unit FROM rates WHERE rate_key = ?", (key,)
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO rates (rate_key, seconds_per_unit, samples, updated_at)"
+                " VALUES (?, ?, 1, ?) ON CONFLICT (rate_key) DO UPDATE SET"
+                " seconds_per_unit = excluded.seconds_per_unit, samples = samples + 1,"
+                " updated_at = excluded.updated_at",
+                (key, blend_rate(row[0] if row else None, measured), now),
+            )
 
     def fail(self, job_id: int, lease_id: str, *, error: str) -> bool:
         with self.db.write() as conn:
