@@ -1,31 +1,37 @@
 """Images per second: sdapi end to end against the best this hardware does, in one run.
 
-Measurements of the same images (same model, prompts, seeds, size and steps):
+Four ways of making the same images (same model, prompts, seeds, size and steps):
 
 a) the ceiling: the engine called directly in this process, in calls of the `rows` images
    sdapi uses for this size (`rows_for(device, size, size, 0)`); no HTTP, queue or storage;
-   a1) the same in calls of one image, so that b/c can be read against what batching gains
-   on this hardware at all (a/a1);
+a1) the same in calls of one image: what batching gains on this hardware at all (a/a1), to
+   read b/c against;
 b) `sdapi serve` (own temp data dir, one worker, default batching, `--sync-timeout 0`):
    `--clients` threads submit the jobs over HTTP, then poll fetch until each one succeeds;
 c) as b) with `--max-batch 1`: one image per pipeline call, as peer servers run.
 
-Nothing timed includes a model load or a first pipeline call: a) and a1) make one call first,
-and each server must answer one warm-up job of the same shape with success before its run
-starts. The servers' images/s are read from their database: jobs / (first created_at -> last
-finished_at). Every run uses the same torch threads: this process's default, passed to the
+The jobs are split into `--rounds` rounds; each round runs every way once, in the order
+a b c a1 and then backwards, so that a machine whose speed drifts (a shared 2-core VM does, by
+10-20 % over a minute) slows every way alike. Both servers stay up meanwhile; an idle one only
+polls its database. Nothing timed includes a model load or a first pipeline call: the engine
+makes one call of each shape first, and each server must answer one warm-up job of the same
+shape with success before the first round. A server's round lasts from the first job's
+created_at to the last one's finished_at in its database; images/s = images / time, summed
+over the rounds. Every way uses the same torch threads: this process's default, passed to the
 servers as `--threads`.
 
-Also printed, from the b) server's database (`<data-dir>/sdapi.db`, tables jobs and rates):
+Also printed, from the servers' databases (`<data-dir>/sdapi.db`, tables jobs and rates):
+- how much of b's and c's time their worker held a job (claim to success): the rest is the
+  queue's own overhead; and the CPU the API process and this process's HTTP clients used
+  meanwhile (share of one core), taken from the worker on this machine;
 - submit-to-start latency (started_at - created_at) of single jobs sent one at a time to the
-  idle server;
-- ETA error of run b): the `eta` each submit answered against its actual wait
-  (finished_at - created_at), |pred - actual| / actual; with the server's learned seconds per
-  work unit before and after the run, and the error those same ETAs would have had at the rate
-  learned after it.
+  idle b) server, after random pauses;
+- ETA error of b): the `eta` each submit answered against the job's actual wait
+  (finished_at - created_at), |pred - actual| / actual, and per round with the seconds per work
+  unit the server had learned when the round was submitted.
 
-    .venv/bin/python bench/throughput.py [--jobs 16] [--clients 8] [--size 256] [--steps 20]
-        [--device cpu] [--model sdapi-tiny]
+    .venv/bin/python bench/throughput.py [--jobs 16] [--rounds 2] [--clients 8] [--size 256]
+        [--steps 20] [--device cpu] [--model sdapi-tiny]
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import random
 import signal
 import socket
 import sqlite3
@@ -41,10 +48,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +72,8 @@ WARM_UP = -1
 #: the API process CPU that the worker on this machine would otherwise use.
 POLL_S = 0.5
 LATENCY_PROBES = 5
+#: Longest random pause before a latency probe.
+IDLE_PAUSE_S = 0.3
 START_TIMEOUT_S = 60.0
 JOB_TIMEOUT_S = 300.0
 
@@ -71,6 +81,7 @@ JOB_TIMEOUT_S = 300.0
 @dataclass(frozen=True, slots=True)
 class Config:
     jobs: int
+    rounds: int
     clients: int
     size: int
     steps: int
@@ -82,18 +93,23 @@ class Config:
     def rows(self) -> int:
         return rows_for(self.device, self.size, self.size, 0)
 
-
-@dataclass(frozen=True, slots=True)
-class Submitted:
-    id: int
-    eta: float
+    def round_jobs(self, number: int) -> range:
+        return range(number, self.jobs, self.rounds)
 
 
 @dataclass(frozen=True, slots=True)
-class Timing:
-    created_at: float
-    started_at: float
-    finished_at: float
+class Measured:
+    """One way's round: its images, how long they took, how long a worker held a job."""
+
+    images: int
+    seconds: float
+    busy: float
+    #: Served rounds: CPU seconds the API process and this process's clients used meanwhile.
+    side_cpu: float = 0.0
+    #: Served rounds: (eta answered at submit, actual wait) per job, and the server's learned
+    #: seconds per work unit when they were submitted (None: its prior).
+    etas: tuple[tuple[float, float], ...] = ()
+    rate_at_submit: float | None = None
 
 
 def prompt(index: int) -> str:
@@ -128,19 +144,22 @@ def engine_request(cfg: Config, index: int) -> GenerationRequest:
     )
 
 
-def ceilings(cfg: Config, models_dir: Path) -> tuple[float, float]:
-    """a): images/s of the engine alone in calls of `cfg.rows` images; a1): in calls of one."""
+def warm_engine(cfg: Config, models_dir: Path) -> Engine:
+    """The engine, loaded, after one untimed call of each shape the rounds use."""
     engine = Engine(cfg.model, models_dir, cfg.device, cfg.threads)
     engine.load()
-    requests = [engine_request(cfg, i) for i in range(cfg.jobs)]
-    return engine_rate(engine, requests, cfg.rows), engine_rate(engine, requests, 1)
+    for rows in sorted({cfg.rows, 1}):
+        requests = [engine_request(cfg, WARM_UP)] * rows
+        engine.generate_batch(requests, [{}] * rows, rows)
+    return engine
 
 
-def engine_rate(engine: Engine, requests: Sequence[GenerationRequest], rows: int) -> float:
-    engine.generate_batch(requests[:rows], [{}] * rows, rows)  # the first call: not timed
+def engine_round(engine: Engine, cfg: Config, rows: int, indices: Sequence[int]) -> Measured:
+    requests = [engine_request(cfg, i) for i in indices]
     started = time.perf_counter()
     engine.generate_batch(requests, [{}] * len(requests), rows)
-    return len(requests) / (time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return Measured(len(requests), seconds, seconds)
 
 
 def free_port() -> int:
@@ -151,6 +170,19 @@ def free_port() -> int:
 
 def sdapi_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "sdapi", *args]
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    id: int
+    eta: float
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    created_at: float
+    started_at: float
+    finished_at: float
 
 
 @dataclass
@@ -205,8 +237,14 @@ class Server:
         return float(rows[0]["generation_seconds"])
 
     def rate(self) -> float | None:
-        """The seconds per work unit the server has learned (None: it still uses its prior)."""
-        rows = self.query("SELECT seconds_per_unit FROM rates")
+        """Seconds per work unit the server's ETA uses for jobs like the warm-up one: learned
+        for their batch key, else for their model and task (None: it still uses its prior)."""
+        rows = self.query(
+            "SELECT r.seconds_per_unit FROM jobs j JOIN rates r"
+            " ON r.rate_key IN (j.batch_key, j.rate_key) WHERE j.id = ?"
+            " ORDER BY r.rate_key = j.batch_key DESC",
+            (self.warm_up_id,),
+        )
         return float(rows[0]["seconds_per_unit"]) if rows else None
 
 
@@ -278,53 +316,83 @@ def serving(cfg: Config, *flags: str) -> Iterator[Server]:
             stop(proc)
 
 
-def run_clients(server: Server, cfg: Config) -> list[Submitted]:
+def run_clients(server: Server, cfg: Config, indices: Sequence[int]) -> list[Submitted]:
     """Each client submits its share of the jobs, then polls them until each succeeds."""
 
-    def client(indices: range) -> list[Submitted]:
+    def client(share: Sequence[int]) -> list[Submitted]:
         with httpx.Client() as http:
-            submitted = [server.submit(http, job_body(cfg, i)) for i in indices]
+            submitted = [server.submit(http, job_body(cfg, i)) for i in share]
             for job in submitted:
                 server.wait_success(http, job.id)
         return submitted
 
-    shares = [range(c, cfg.jobs, cfg.clients) for c in range(cfg.clients)]
+    shares = [indices[c :: cfg.clients] for c in range(cfg.clients)]
     with ThreadPoolExecutor(max_workers=cfg.clients) as pool:
-        return [job for share in pool.map(client, shares) for job in share]
+        return [job for jobs in pool.map(client, shares) for job in jobs]
 
 
-@dataclass(frozen=True, slots=True)
-class ServedRun:
-    images_per_s: float
-    #: (eta the submit answered, actual finished_at - created_at) per job.
-    etas: list[tuple[float, float]]
-    #: The server's seconds per work unit before and after the run (None: its prior).
-    rate_before: float | None
-    rate_after: float | None
-
-
-def served_run(server: Server, cfg: Config) -> ServedRun:
-    """Images/s from the database: jobs / (first created_at -> last finished_at)."""
-    rate_before = server.rate()
-    submitted = run_clients(server, cfg)
+def served_round(server: Server, cfg: Config, indices: Sequence[int]) -> Measured:
+    rate = server.rate()
+    cpu = cpu_seconds(server.proc.pid) + time.process_time()
+    submitted = run_clients(server, cfg, indices)
+    cpu = cpu_seconds(server.proc.pid) + time.process_time() - cpu
     timings = server.timings([job.id for job in submitted])
     first = min(t.created_at for t in timings.values())
     last = max(t.finished_at for t in timings.values())
-    etas = [
+    etas = tuple(
         (job.eta, timings[job.id].finished_at - timings[job.id].created_at) for job in submitted
-    ]
-    return ServedRun(len(submitted) / (last - first), etas, rate_before, server.rate())
+    )
+    busy = busy_seconds(timings.values())
+    return Measured(len(submitted), last - first, busy, cpu, etas, rate)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far, its children apart (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_seconds(timings: Iterable[Timing]) -> float:
+    """How long at least one of the jobs was held by a worker (union of claim -> success)."""
+    busy, end = 0.0, -math.inf
+    for t in sorted(timings, key=lambda t: t.started_at):
+        busy += max(t.finished_at - max(t.started_at, end), 0.0)
+        end = max(end, t.finished_at)
+    return busy
 
 
 def idle_latencies(server: Server, cfg: Config) -> list[float]:
     """started_at - created_at of single jobs, each sent once the previous one has succeeded."""
     ids = []
+    pauses = random.Random(0)
     with httpx.Client() as http:
         for probe in range(LATENCY_PROBES):
+            time.sleep(pauses.uniform(0, IDLE_PAUSE_S))  # not in step with the worker's polls
             job = server.submit(http, job_body(cfg, cfg.jobs + probe))
             server.wait_success(http, job.id)
             ids.append(job.id)
     return [t.started_at - t.created_at for t in server.timings(ids).values()]
+
+
+def run_rounds(
+    cfg: Config, ways: dict[str, Callable[[Sequence[int]], Measured]]
+) -> dict[str, list[Measured]]:
+    """Every way once per round, in the given order and then backwards."""
+    results: dict[str, list[Measured]] = {name: [] for name in ways}
+    for number in range(cfg.rounds):
+        order = list(ways) if number % 2 == 0 else list(reversed(ways))
+        for name in order:
+            results[name].append(ways[name](cfg.round_jobs(number)))
+    return results
+
+
+def images_per_second(rounds: Sequence[Measured]) -> float:
+    return sum(m.images for m in rounds) / sum(m.seconds for m in rounds)
+
+
+def share(rounds: Sequence[Measured], seconds: Callable[[Measured], float]) -> float:
+    """`seconds` summed over the rounds, as a fraction of their time."""
+    return sum(seconds(m) for m in rounds) / sum(m.seconds for m in rounds)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -333,14 +401,13 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[max(math.ceil(q * len(ordered)) - 1, 0)]
 
 
-def eta_errors(etas: Sequence[tuple[float, float]], scale: float = 1.0) -> str:
-    """Median and p90 of |pred - actual| / actual, predictions multiplied by `scale`."""
-    errors = [abs(pred * scale - actual) / actual for pred, actual in etas]
-    return f"median {statistics.median(errors):.0%}, p90 {percentile(errors, 0.9):.0%}"
-
-
-def row(label: str, images_per_s: float) -> None:
-    print(f"{label:<36} {images_per_s:>8.2f}", flush=True)
+def eta_errors(etas: Sequence[tuple[float, float]]) -> str:
+    errors = [abs(pred - actual) / actual for pred, actual in etas]
+    ratio = statistics.median(pred / actual for pred, actual in etas)
+    return (
+        f"median {statistics.median(errors):.0%}, p90 {percentile(errors, 0.9):.0%} "
+        f"(median predicted/actual {ratio:.2f})"
+    )
 
 
 def describe_rate(rate: float | None) -> str:
@@ -354,15 +421,19 @@ def pace(cfg: Config, images_per_s: float) -> float:
 
 def parse_args() -> Config:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=16)
+    parser.add_argument("--jobs", type=int, default=16, help="images per way, over all rounds")
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--size", type=int, default=256, help="width and height in pixels")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", default="sdapi-tiny")
     args = parser.parse_args()
+    if not 1 <= args.rounds <= args.jobs:
+        parser.error("--rounds must be between 1 and --jobs")
     return Config(
         args.jobs,
+        args.rounds,
         args.clients,
         args.size,
         args.steps,
@@ -374,61 +445,77 @@ def parse_args() -> Config:
 
 def print_header(cfg: Config) -> None:
     print(
-        f"{cfg.jobs} jobs, {cfg.clients} clients, {cfg.size}x{cfg.size} px, {cfg.steps} steps, "
-        f"rows {cfg.rows}, device {cfg.device}, model {cfg.model}, torch threads {cfg.threads} "
-        "(in-process, and --threads for the servers)"
+        f"{cfg.jobs} jobs in {cfg.rounds} rounds, {cfg.clients} clients, {cfg.size}x{cfg.size} "
+        f"px, {cfg.steps} steps, rows {cfg.rows}, device {cfg.device}, model {cfg.model}, "
+        f"torch threads {cfg.threads} (in-process, and --threads for the servers)"
     )
-    print(f"load average (1 min) at start: {os.getloadavg()[0]:.2f}")
-    print(f"{'run':<36} {'images/s':>8}", flush=True)
+    print(f"load average (1 min) at start: {os.getloadavg()[0]:.2f}", flush=True)
 
 
-def print_eta(cfg: Config, run: ServedRun, warm_up_s: float) -> None:
-    ratio = statistics.median(pred / actual for pred, actual in run.etas)
+def print_table(cfg: Config, results: dict[str, list[Measured]]) -> None:
+    labels = {
+        "a": f"a) engine in-process (rows {cfg.rows})",
+        "a1": "a1) engine in-process (rows 1)",
+        "b": f"b) sdapi serve, batching (rows {cfg.rows})",
+        "c": "c) sdapi serve, --max-batch 1",
+    }
+    print(f"{'way':<36} {'images/s':>8} {'worker busy':>12} {'API+clients CPU':>16}")
+    for name, label in labels.items():
+        rounds = results[name]
+        line = f"{label:<36} {images_per_second(rounds):>8.2f}"
+        if name in ("b", "c"):
+            busy, side = share(rounds, lambda m: m.busy), share(rounds, lambda m: m.side_cpu)
+            line += f" {busy:>12.1%} {side:>11.1%} core"
+        print(line)
+    rate = {name: images_per_second(rounds) for name, rounds in results.items()}
     print(
-        f"ETA error, run b ({len(run.etas)} jobs): {eta_errors(run.etas)}; "
-        f"median predicted/actual {ratio:.2f}"
+        f"b/a {rate['b'] / rate['a']:.2f}   b/c {rate['b'] / rate['c']:.2f}   "
+        f"(batching's gain in the engine alone, a/a1: {rate['a'] / rate['a1']:.2f})"
     )
+
+
+def print_eta(cfg: Config, rounds: Sequence[Measured], after: float | None, warm_s: float) -> None:
+    etas = [eta for m in rounds for eta in m.etas]
+    print(f"ETA error, b ({len(etas)} jobs): {eta_errors(etas)}")
+    for number, m in enumerate(rounds, 1):
+        print(
+            f"  round {number}: {eta_errors(m.etas)}; seconds per work unit at submit "
+            f"{describe_rate(m.rate_at_submit)}, the round's own pace "
+            f"{pace(cfg, m.images / m.seconds):.3f}"
+        )
     print(
-        f"  server's seconds per work unit: {describe_rate(run.rate_before)} when run b was "
-        f"submitted, {describe_rate(run.rate_after)} after it; run b's own pace "
-        f"{pace(cfg, run.images_per_s):.3f}"
+        f"  round 1's rate was learned from the warm-up job alone (1 image in a call of "
+        f"{cfg.rows}: {warm_s:.2f} s); a cold server would use the prior, "
+        f"{PRIOR_SECONDS_PER_UNIT} s/unit; after the last round: {describe_rate(after)}"
     )
-    print(
-        f"  learned before run b from the warm-up job alone: 1 image in a call of {cfg.rows}, "
-        f"{warm_up_s:.2f} s (a cold server would use the prior, {PRIOR_SECONDS_PER_UNIT})"
-    )
-    if run.rate_before and run.rate_after:
-        scale = run.rate_after / run.rate_before
-        print(f"  the same ETAs at the rate learned after run b: {eta_errors(run.etas, scale)}")
 
 
 def main() -> None:
     cfg = parse_args()
     print_header(cfg)
-    with tempfile.TemporaryDirectory(prefix="sdapi-bench-") as tmp:
-        rate_a, rate_a1 = ceilings(cfg, Path(tmp) / "models")
-    row(f"a) engine in-process (rows {cfg.rows})", rate_a)
-    row("a1) engine in-process (rows 1)", rate_a1)
-
-    with serving(cfg) as server:
-        run_b = served_run(server, cfg)
-        row(f"b) sdapi serve, batching (rows {cfg.rows})", run_b.images_per_s)
-        warm_up_s = server.generation_seconds(server.warm_up_id)
-        latencies = idle_latencies(server, cfg)
-    with serving(cfg, "--max-batch", "1") as server:
-        rate_c = served_run(server, cfg).images_per_s
-    row("c) sdapi serve, --max-batch 1", rate_c)
-
-    rate_b = run_b.images_per_s
-    print(
-        f"b/a {rate_b / rate_a:.2f}   b/c {rate_b / rate_c:.2f}   "
-        f"(batching's gain in the engine alone, a/a1: {rate_a / rate_a1:.2f})"
-    )
+    with ExitStack() as stack:
+        models_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sdapi-bench-")))
+        engine = warm_engine(cfg, models_dir)
+        server_b = stack.enter_context(serving(cfg))
+        server_c = stack.enter_context(serving(cfg, "--max-batch", "1"))
+        results = run_rounds(
+            cfg,
+            {
+                "a": partial(engine_round, engine, cfg, cfg.rows),
+                "b": partial(served_round, server_b, cfg),
+                "c": partial(served_round, server_c, cfg),
+                "a1": partial(engine_round, engine, cfg, 1),
+            },
+        )
+        rate_after = server_b.rate()
+        warm_up_s = server_b.generation_seconds(server_b.warm_up_id)
+        latencies = idle_latencies(server_b, cfg)
+    print_table(cfg, results)
     print(
         f"submit-to-start latency, idle b server ({len(latencies)} jobs): "
         f"median {statistics.median(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms"
     )
-    print_eta(cfg, run_b, warm_up_s)
+    print_eta(cfg, results["b"], rate_after, warm_up_s)
 
 
 if __name__ == "__main__":
