@@ -192,3 +192,14 @@ class SlowSteps(FakeEngine):
                 return on_step(done, total)
 
         return super().generate_batch(requests, images, rows, wrapped)
+
+
+def test_a_job_alone_in_a_padded_call_is_charged_its_own_rows() -> None:
+    queue, store = MemoryQueue(), MemoryStore()
+    job_id = enqueue(queue, seed=1)  # 64 px on a CPU: calls of 4 rows, 3 of them padding
+    Worker.for_engine(queue, store, FakeEngine(), lease_s=30).run_once()
+    job = queue.get(job_id)
+    assert job is not None and job.generation_seconds is not None
+    units = job.request.work_units
+    rate = queue.rate(job.request.batch_key)
+    assert rate == pytest.approx(job.generation_seconds / 4 / units)

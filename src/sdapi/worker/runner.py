@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sdapi.batching import rows_for
+from sdapi.batching import plan_calls, rows_for
 from sdapi.engine.cache import EngineCache
 from sdapi.errors import DatabaseUnavailable, SdapiError
 from sdapi.images import encode_png
@@ -186,7 +186,7 @@ class Worker:
                 for job, images in zip(jobs, outputs, strict=True)
                 if self._store(job, images, keeper)
             ]
-        self._complete(stored, time.monotonic() - started)
+        self._complete(stored, time.monotonic() - started, self._padded_rows(jobs))
 
     def _generate(self, jobs: list[Job], keeper: LeaseKeeper) -> list[list[Image]]:
         def on_step(done: int, total: int) -> bool:
@@ -217,11 +217,19 @@ class Worker:
         log.info("job %s: stored %d images", job.id, len(images))
         return True
 
-    def _complete(self, jobs: list[Job], seconds: float) -> None:
-        """Record success; each job teaches the rate its share of the batch's time."""
-        images = sum(job.request.samples for job in jobs) or 1
+    def _padded_rows(self, jobs: list[Job]) -> int:
+        """Image rows the batch's calls really ran, padding included."""
+        rows = self.rows_for(jobs[0].request)
+        return len(plan_calls([job.request for job in jobs], rows)) * rows
+
+    def _complete(self, jobs: list[Job], seconds: float, rows: int) -> None:
+        """Record success; each job teaches the rate the cost of its own rows.
+
+        Per row, padding included: a job alone in a call of 4 costs a quarter of the call, as
+        it would in a full batch, so one lone job does not teach the queue a rate 4x too slow.
+        """
         for job in jobs:
-            share = seconds * job.request.samples / images
+            share = seconds * job.request.samples / rows
             if self.queue.complete(
                 job.id, job.lease_id or "", generation_seconds=seconds, cost_seconds=share
             ):
