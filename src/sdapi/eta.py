@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from sdapi.jobs import Job, JobStatus
@@ -30,19 +31,41 @@ def seconds_per_unit(queue: JobQueue, job: Job) -> float:
 
 
 def wait_for(queue: JobQueue, job: Job) -> Wait:
-    """Where `job` stands: its place in line and the seconds until it is likely done."""
+    """Where `job` stands: its place in line and the seconds until it is likely done.
+
+    Work is counted in units (see GenerationRequest.work_units) and rounded up to whole calls:
+    a worker runs a fixed number of images per call, and every image of a call finishes when
+    the call does.
+    """
     rate = seconds_per_unit(queue, job)
+    calls = _call_units(queue, job)
     own = job.request.work_units
     if job.status is JobStatus.PROCESSING:
-        return Wait(rate * own * (1 - job.progress))
+        return Wait(rate * _whole(own, calls) * (1 - job.progress))
     if job.status is not JobStatus.QUEUED:
         return Wait(0.0)
     place = queue.position(job.id)
     if place is None:  # it was claimed meanwhile
-        return Wait(rate * own)
+        return Wait(rate * _whole(own, calls))
     position, ahead = place
     workers = max(queue.stats().live_workers, 1)
-    return Wait(rate * (ahead / workers + own), position)
+    return Wait(rate * _whole(ahead / workers + own, calls), position)
+
+
+def _call_units(queue: JobQueue, job: Job) -> float | None:
+    """Work units of one full pipeline call when jobs of this batch key share calls."""
+    request = job.request
+    rows = queue.call_rows(request.batch_key)
+    if rows <= request.samples:
+        return None  # the job fills its calls alone: its units are its time
+    return rows * request.work_units / request.samples
+
+
+def _whole(units: float, per_call: float | None) -> float:
+    """`units` rounded up to whole calls (a tolerance keeps exact multiples exact)."""
+    if per_call is None:
+        return units
+    return math.ceil(units / per_call - 1e-9) * per_call
 
 
 def queue_time(queue: JobQueue, default_rate_key: str) -> int:

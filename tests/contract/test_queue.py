@@ -237,3 +237,13 @@ def test_rates_are_learned_per_batch_key_too(queue: JobQueue) -> None:
     assert queue.rate(big_key) == pytest.approx(40.0 / large_units)
     family = queue.rate("sdapi-tiny|text2img")
     assert family is not None and 5.0 / small_units < family < 40.0 / large_units
+
+
+def test_the_call_shape_is_remembered_per_batch_key(queue: JobQueue) -> None:
+    key = make_request().batch_key
+    assert queue.call_rows(key) == 1
+    job_id = submit(queue)
+    [job] = queue.claim("w", lease_s=LEASE)
+    queue.complete(job_id, job.lease_id or "", generation_seconds=1.0, call_rows=4)
+    assert queue.call_rows(key) == 4
+    assert queue.call_rows("sdapi-tiny|text2img") == 1

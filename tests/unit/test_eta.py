@@ -63,3 +63,18 @@ def test_the_batch_key_rate_wins_over_the_model_rate() -> None:
     again = queue.get(enqueue(queue, steps=10))
     assert again is not None
     assert wait_for(queue, again).eta == pytest.approx(0.5)  # measured for exactly this key
+
+
+def test_jobs_sharing_a_call_are_expected_to_finish_together() -> None:
+    queue = MemoryQueue()
+    first = enqueue(queue, steps=10)
+    [job] = queue.claim("w", lease_s=30)
+    unit_seconds = 0.1
+    units = job.request.work_units
+    queue.complete(first, job.lease_id or "", generation_seconds=unit_seconds * units, call_rows=2)
+    a, b, c = (queue.get(enqueue(queue, steps=10, seed=s)) for s in (1, 2, 3))
+    assert a is not None and b is not None and c is not None
+    pair = unit_seconds * 2 * units
+    assert wait_for(queue, a).eta == pytest.approx(pair)  # shares the first call with b
+    assert wait_for(queue, b).eta == pytest.approx(pair)
+    assert wait_for(queue, c).eta == pytest.approx(2 * pair)

@@ -86,11 +86,13 @@ class JobQueue(Protocol):
         *,
         generation_seconds: float,
         cost_seconds: float | None = None,
+        call_rows: int = 1,
     ) -> bool:
         """Mark success if `lease_id` still holds the job; learns the generation rate.
 
         `generation_seconds` is the wall time the client sees; `cost_seconds`, when the job
-        shared a batch, is its share of the worker's time, which is what the rate learns from.
+        shared a batch, is its share of the worker's time, which is what the rate learns from;
+        `call_rows` is how many images the worker's calls for its batch key run.
         """
         ...
 
@@ -109,6 +111,10 @@ class JobQueue(Protocol):
 
         Both are learned from every finished job; None before a job of the kind finished.
         """
+        ...
+
+    def call_rows(self, batch_key: str) -> int:
+        """Images per pipeline call the workers run for a batch key (1 before any finished)."""
         ...
 
     def wait_for_work(self, timeout: float) -> None:

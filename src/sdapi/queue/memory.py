@@ -27,6 +27,7 @@ class MemoryQueue:
         self.clock = clock
         self._jobs: dict[int, Job] = {}
         self._rates: dict[str, float] = {}
+        self._call_rows: dict[str, int] = {}
         self._workers: dict[str, float] = {}
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
@@ -136,6 +137,7 @@ class MemoryQueue:
         *,
         generation_seconds: float,
         cost_seconds: float | None = None,
+        call_rows: int = 1,
     ) -> bool:
         with self._lock:
             job = self._held(job_id, lease_id)
@@ -154,6 +156,7 @@ class MemoryQueue:
             measured = cost / max(job.request.work_units, 1e-9)
             for rate in (job.request.batch_key, key):  # specific, then general
                 self._rates[rate] = blend_rate(self._rates.get(rate), measured)
+            self._call_rows[job.request.batch_key] = call_rows
         return True
 
     def fail(self, job_id: int, lease_id: str, *, error: str) -> bool:
@@ -196,6 +199,9 @@ class MemoryQueue:
 
     def rate(self, key: str) -> float | None:
         return self._rates.get(key)
+
+    def call_rows(self, batch_key: str) -> int:
+        return self._call_rows.get(batch_key, 1)
 
     def wait_for_work(self, timeout: float) -> None:
         with self._arrived:

@@ -153,6 +153,7 @@ class PostgresQueue:
         *,
         generation_seconds: float,
         cost_seconds: float | None = None,
+        call_rows: int = 1,
     ) -> bool:
         now = self.clock()
         with self.db.transaction() as conn:
@@ -166,8 +167,8 @@ class PostgresQueue:
             if done is not None:
                 cost = learned_seconds(generation_seconds, cost_seconds)
                 measured = cost / max(done["work_units"], 1e-9)
-                for key in (done["batch_key"], done["rate_key"]):  # specific, then general
-                    _learn_rate(conn, key, measured, now)
+                _learn_rate(conn, done["batch_key"], measured, call_rows, now)
+                _learn_rate(conn, done["rate_key"], measured, 1, now)
         return done is not None
 
     def fail(self, job_id: int, lease_id: str, *, error: str) -> bool:
@@ -215,6 +216,13 @@ class PostgresQueue:
                 "SELECT seconds_per_unit FROM rates WHERE rate_key = %s", (key,)
             ).fetchone()
         return row["seconds_per_unit"] if row else None
+
+    def call_rows(self, batch_key: str) -> int:
+        with self.db.connection() as conn:
+            row = conn.execute(
+                "SELECT call_rows FROM rates WHERE rate_key = %s", (batch_key,)
+            ).fetchone()
+        return int(row["call_rows"]) if row else 1
 
     def wait_for_work(self, timeout: float) -> None:
         """Block until a NOTIFY arrives on the LISTEN connection or `timeout` passes.
@@ -334,19 +342,20 @@ def _pick(conn: Connection, model_sql: str, model_args: tuple[Any, ...], limit: 
     return [row["id"] for row in rows]
 
 
-def _learn_rate(conn: Connection, key: str, measured: float, now: float) -> None:
+def _learn_rate(conn: Connection, key: str, measured: float, rows: int, now: float) -> None:
     """Blend the measurement into the stored rate, as `blend_rate` does, in one statement.
 
     The blend happens in SQL on the locked row: two workers finishing jobs of the same model at
     once both count, where read-then-write in Python would lose one of them.
     """
     conn.execute(
-        "INSERT INTO rates (rate_key, seconds_per_unit, samples, updated_at)"
-        " VALUES (%s, %s, 1, %s)"
+        "INSERT INTO rates (rate_key, seconds_per_unit, samples, updated_at, call_rows)"
+        " VALUES (%s, %s, 1, %s, %s)"
         " ON CONFLICT (rate_key) DO UPDATE SET"
         " seconds_per_unit = %s * rates.seconds_per_unit + %s * excluded.seconds_per_unit,"
-        " samples = rates.samples + 1, updated_at = excluded.updated_at",
-        (key, measured, now, 1 - RATE_ALPHA, RATE_ALPHA),
+        " samples = rates.samples + 1, updated_at = excluded.updated_at,"
+        " call_rows = excluded.call_rows",
+        (key, measured, now, rows, 1 - RATE_ALPHA, RATE_ALPHA),
     )
 
 

@@ -133,6 +133,7 @@ class SQLiteQueue:
         *,
         generation_seconds: float,
         cost_seconds: float | None = None,
+        call_rows: int = 1,
     ) -> bool:
         now = self.clock()
         with self.db.write() as conn:
@@ -143,29 +144,28 @@ class SQLiteQueue:
                 (now, generation_seconds, job_id, lease_id),
             )
             if cur.rowcount:
-                self._learn_rate(
-                    conn, job_id, learned_seconds(generation_seconds, cost_seconds), now
-                )
+                seconds = learned_seconds(generation_seconds, cost_seconds)
+                self._learn_rate(conn, job_id, seconds, call_rows, now)
         return cur.rowcount == 1
 
     def _learn_rate(
-        self, conn: sqlite3.Connection, job_id: int, seconds: float, now: float
+        self, conn: sqlite3.Connection, job_id: int, seconds: float, rows: int, now: float
     ) -> None:
         """Blend the measurement into the job's batch-key rate and its model+task rate."""
         job = conn.execute(
             "SELECT batch_key, rate_key, work_units FROM jobs WHERE id = ?", (job_id,)
         ).fetchone()
         measured = seconds / max(job["work_units"], 1e-9)
-        for key in (job["batch_key"], job["rate_key"]):
+        for key, call_rows in ((job["batch_key"], rows), (job["rate_key"], 1)):
             row = conn.execute(
                 "SELECT seconds_per_unit FROM rates WHERE rate_key = ?", (key,)
             ).fetchone()
             conn.execute(
-                "INSERT INTO rates (rate_key, seconds_per_unit, samples, updated_at)"
-                " VALUES (?, ?, 1, ?) ON CONFLICT (rate_key) DO UPDATE SET"
+                "INSERT INTO rates (rate_key, seconds_per_unit, samples, updated_at, call_rows)"
+                " VALUES (?, ?, 1, ?, ?) ON CONFLICT (rate_key) DO UPDATE SET"
                 " seconds_per_unit = excluded.seconds_per_unit, samples = samples + 1,"
-                " updated_at = excluded.updated_at",
-                (key, blend_rate(row[0] if row else None, measured), now),
+                " updated_at = excluded.updated_at, call_rows = excluded.call_rows",
+                (key, blend_rate(row[0] if row else None, measured), now, call_rows),
             )
 
     def fail(self, job_id: int, lease_id: str, *, error: str) -> bool:
@@ -213,6 +213,14 @@ class SQLiteQueue:
             .fetchone()
         )
         return row[0] if row else None
+
+    def call_rows(self, batch_key: str) -> int:
+        row = (
+            self.db.connection()
+            .execute("SELECT call_rows FROM rates WHERE rate_key = ?", (batch_key,))
+            .fetchone()
+        )
+        return int(row[0]) if row else 1
 
     def wait_for_work(self, timeout: float) -> None:
         # SQLite cannot signal another process; the idle claim is a cheap indexed read.

@@ -231,7 +231,11 @@ class Worker:
         for job in jobs:
             share = seconds * job.request.samples / rows
             if self.queue.complete(
-                job.id, job.lease_id or "", generation_seconds=seconds, cost_seconds=share
+                job.id,
+                job.lease_id or "",
+                generation_seconds=seconds,
+                cost_seconds=share,
+                call_rows=self.rows_for(job.request),
             ):
                 log.info("job %s: success in %.2f s", job.id, seconds)
             else:

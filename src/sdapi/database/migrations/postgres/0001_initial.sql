@@ -67,5 +67,6 @@ CREATE TABLE rates (
     rate_key          TEXT PRIMARY KEY,
     seconds_per_unit  DOUBLE PRECISION NOT NULL,
     samples           INTEGER NOT NULL,
+    call_rows         INTEGER NOT NULL DEFAULT 1,  -- images per pipeline call (batch keys)
     updated_at        DOUBLE PRECISION NOT NULL
 );

@@ -53,5 +53,6 @@ CREATE TABLE rates (
     rate_key          TEXT PRIMARY KEY,
     seconds_per_unit  REAL NOT NULL,
     samples           INTEGER NOT NULL,
+    call_rows         INTEGER NOT NULL DEFAULT 1,  -- images per pipeline call (batch keys)
     updated_at        REAL NOT NULL
 );
