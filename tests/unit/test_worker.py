@@ -203,3 +203,20 @@ def test_a_job_alone_in_a_padded_call_is_charged_its_own_rows() -> None:
     units = job.request.work_units
     rate = queue.rate(job.request.batch_key)
     assert rate == pytest.approx(job.generation_seconds / 4 / units)
+
+
+def test_progress_reaches_the_queue_while_a_job_runs() -> None:
+    queue, store = MemoryQueue(), MemoryStore()
+    job_id = enqueue(queue, steps=150)  # about 3 s at 20 ms a step
+    seen: list[float] = []
+    thread = threading.Thread(
+        target=Worker.for_engine(queue, store, SlowSteps(), lease_s=30).run_once
+    )
+    thread.start()
+    while thread.is_alive():
+        job = queue.get(job_id)
+        if job is not None and job.status is JobStatus.PROCESSING:
+            seen.append(job.progress)
+        time.sleep(0.05)
+    assert any(0 < p < 1 for p in seen), "progress is reported before the job ends"
+    assert seen == sorted(seen)

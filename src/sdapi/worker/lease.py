@@ -12,8 +12,12 @@ from sdapi.queue.base import JobQueue
 log = logging.getLogger(__name__)
 
 
+#: Progress reaches the queue at least this often (throttled: one write per second per worker).
+PROGRESS_EVERY_S = 1.0
+
+
 class LeaseKeeper:
-    """Renews each of `lease_ids` every `lease_s / 3` seconds until closed.
+    """Renews each of `lease_ids` every second (or `lease_s / 3` if shorter) until closed.
 
     A lease the queue says holds no job any more (it expired and another worker took the job
     over) is marked lost; once every lease is lost, `all_lost` is set so the generation can stop
@@ -42,7 +46,7 @@ class LeaseKeeper:
         return lease_id in self._lost
 
     def _run(self) -> None:
-        while not self._stop.wait(self.lease_s / 3):
+        while not self._stop.wait(min(self.lease_s / 3, PROGRESS_EVERY_S)):
             for lease_id in self.lease_ids:
                 if lease_id not in self._lost:
                     self._renew(lease_id)
