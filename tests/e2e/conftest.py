@@ -16,8 +16,6 @@ from PIL import Image
 
 from tests.e2e.server import Server, create_key, free_port
 
-pytestmark = pytest.mark.e2e
-
 
 @dataclass
 class Served:
