@@ -68,8 +68,15 @@ def _whole(units: float, per_call: float | None) -> float:
     return math.ceil(units / per_call - 1e-9) * per_call
 
 
-def queue_time(queue: JobQueue, default_rate_key: str) -> int:
-    """Whole seconds to drain the queue as it stands (system_load's queue_time)."""
+def queue_time(queue: JobQueue) -> int:
+    """Whole seconds to drain the queue as it stands (system_load's queue_time).
+
+    Each batch key's pending work is priced at its own measured rate (else its model's, else
+    the prior), shared among the live workers.
+    """
     stats = queue.stats()
-    rate = queue.rate(default_rate_key) or PRIOR_SECONDS_PER_UNIT
-    return round(rate * stats.pending_work / max(stats.live_workers, 1))
+    seconds = sum(
+        units * (queue.rate(batch_key) or queue.rate(family) or PRIOR_SECONDS_PER_UNIT)
+        for (batch_key, family), units in stats.pending_by_key.items()
+    )
+    return round(seconds / max(stats.live_workers, 1))

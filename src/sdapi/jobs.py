@@ -164,3 +164,5 @@ class QueueStats:
     #: Work units waiting or running (not yet done), for the queue-time estimate.
     pending_work: float
     live_workers: int
+    #: The same work by (batch key, model+task key), so each part is priced at its own rate.
+    pending_by_key: Mapping[tuple[str, str], float] = field(default_factory=dict)

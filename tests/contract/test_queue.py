@@ -247,3 +247,18 @@ def test_the_call_shape_is_remembered_per_batch_key(queue: JobQueue) -> None:
     queue.complete(job_id, job.lease_id or "", generation_seconds=1.0, call_rows=4)
     assert queue.call_rows(key) == 4
     assert queue.call_rows("sdapi-tiny|text2img") == 1
+
+
+def test_stats_break_pending_work_down_by_key(queue: JobQueue) -> None:
+    submit(queue)
+    submit(queue, samples=2)
+    submit(queue, width=128)
+    queue.claim("w", lease_s=LEASE)
+    by_key = queue.stats().pending_by_key
+    family = "sdapi-tiny|text2img"
+    assert by_key == {
+        (make_request().batch_key, family): pytest.approx(3 * make_request().work_units),
+        (make_request(width=128).batch_key, family): pytest.approx(
+            make_request(width=128).work_units
+        ),
+    }

@@ -46,7 +46,7 @@ def test_measured_rate_work_ahead_and_workers() -> None:
     assert running_job is not None
     assert wait_for(queue, running_job).eta == pytest.approx(0.5 * 6)
     assert wait_for(queue, running_job).position is None
-    assert queue_time(queue, KEY) == round(0.5 * (6 + 4) / 2)
+    assert queue_time(queue) == round(0.5 * (6 + 4) / 2)
 
 
 def test_the_batch_key_rate_wins_over_the_model_rate() -> None:
@@ -78,3 +78,14 @@ def test_jobs_sharing_a_call_are_expected_to_finish_together() -> None:
     assert wait_for(queue, a).eta == pytest.approx(pair)  # shares the first call with b
     assert wait_for(queue, b).eta == pytest.approx(pair)
     assert wait_for(queue, c).eta == pytest.approx(2 * pair)
+
+
+def test_queue_time_prices_each_batch_key_at_its_own_rate() -> None:
+    queue = MemoryQueue()
+    for steps, seconds in ((10, 1.0), (20, 10.0)):  # two shapes, very different speeds
+        job_id = enqueue(queue, steps=steps)
+        [job] = queue.claim("w", lease_s=30)
+        queue.complete(job_id, job.lease_id or "", generation_seconds=seconds)
+    enqueue(queue, steps=10)
+    enqueue(queue, steps=20)
+    assert queue_time(queue) == round(1.0 + 10.0)

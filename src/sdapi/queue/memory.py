@@ -189,12 +189,17 @@ class MemoryQueue:
         live = [
             j for j in self._jobs.values() if j.status in (JobStatus.QUEUED, JobStatus.PROCESSING)
         ]
+        pending: dict[tuple[str, str], float] = {}
+        for job in live:
+            key = (job.request.batch_key, rate_key(job.request.model, job.request.task))
+            pending[key] = pending.get(key, 0.0) + job.request.work_units * (1 - job.progress)
         cutoff = self.clock() - WORKER_STALE_S
         return QueueStats(
             queued=sum(j.status is JobStatus.QUEUED for j in live),
             processing=sum(j.status is JobStatus.PROCESSING for j in live),
-            pending_work=sum(j.request.work_units * (1 - j.progress) for j in live),
+            pending_work=sum(pending.values()),
             live_workers=sum(seen >= cutoff for seen in self._workers.values()),
+            pending_by_key=pending,
         )
 
     def rate(self, key: str) -> float | None:

@@ -195,20 +195,24 @@ class PostgresQueue:
 
     def stats(self) -> QueueStats:
         counts = dict.fromkeys(("queued", "processing"), 0)
-        work = 0.0
+        pending: dict[tuple[str, str], float] = {}
         with self.db.connection() as conn:
             for row in conn.execute(
-                "SELECT status, COUNT(*) AS n, SUM(work_units * (1 - progress)) AS work FROM jobs"
-                " WHERE status IN ('queued', 'processing') GROUP BY status"
+                "SELECT status, batch_key, rate_key, COUNT(*) AS n,"
+                " SUM(work_units * (1 - progress)) AS work FROM jobs"
+                " WHERE status IN ('queued', 'processing') GROUP BY status, batch_key, rate_key"
             ):
-                counts[row["status"]] = row["n"]
-                work += row["work"] or 0.0
+                counts[row["status"]] += row["n"]
+                key = (row["batch_key"], row["rate_key"])
+                pending[key] = pending.get(key, 0.0) + (row["work"] or 0.0)
             live = conn.execute(
                 "SELECT COUNT(*) AS n FROM workers WHERE seen_at >= %s",
                 (self.clock() - WORKER_STALE_S,),
             ).fetchone()
         assert live is not None  # COUNT(*) always returns a row
-        return QueueStats(counts["queued"], counts["processing"], work, live["n"])
+        return QueueStats(
+            counts["queued"], counts["processing"], sum(pending.values()), live["n"], pending
+        )
 
     def rate(self, key: str) -> float | None:
         with self.db.connection() as conn:

@@ -194,17 +194,21 @@ class SQLiteQueue:
     def stats(self) -> QueueStats:
         conn = self.db.connection()
         counts = dict.fromkeys(("queued", "processing"), 0)
-        work = 0.0
+        pending: dict[tuple[str, str], float] = {}
         for row in conn.execute(
-            "SELECT status, COUNT(*), SUM(work_units * (1 - progress)) FROM jobs"
-            " WHERE status IN ('queued', 'processing') GROUP BY status"
+            "SELECT status, batch_key, rate_key, COUNT(*), SUM(work_units * (1 - progress))"
+            " FROM jobs WHERE status IN ('queued', 'processing')"
+            " GROUP BY status, batch_key, rate_key"
         ):
-            counts[row[0]] = row[1]
-            work += row[2] or 0.0
+            counts[row[0]] += row[3]
+            key = (row[1], row[2])
+            pending[key] = pending.get(key, 0.0) + (row[4] or 0.0)
         live = conn.execute(
             "SELECT COUNT(*) FROM workers WHERE seen_at >= ?", (self.clock() - WORKER_STALE_S,)
         ).fetchone()[0]
-        return QueueStats(counts["queued"], counts["processing"], work, live)
+        return QueueStats(
+            counts["queued"], counts["processing"], sum(pending.values()), live, pending
+        )
 
     def rate(self, key: str) -> float | None:
         row = (

@@ -18,7 +18,6 @@ from sdapi.auth.keys import ApiKey
 from sdapi.errors import JobNotFound
 from sdapi.eta import queue_time, wait_for
 from sdapi.jobs import Job, Task
-from sdapi.queue.base import rate_key
 from sdapi.settings import Settings
 
 router = APIRouter(prefix="/api/v3", tags=["v3"])
@@ -116,6 +115,5 @@ async def system_load(request: Request) -> dict[str, Any]:
     state, _, _ = await _caller(request)
     queue = state.backends.queue
     stats = await run_in_threadpool(queue.stats)
-    default_key = rate_key(state.settings.default_model, Task.TEXT2IMG)
-    seconds = await run_in_threadpool(queue_time, queue, default_key)
+    seconds = await run_in_threadpool(queue_time, queue)
     return {"queue_num": stats.queued + stats.processing, "queue_time": seconds, "status": "ok"}
