@@ -142,6 +142,8 @@ class Job:
     worker_id: str | None = None
     #: Fraction of the denoising done, 0..1.
     progress: float = 0.0
+    #: The owner asked to cancel while it ran; its worker stops it at the next step.
+    cancel_requested: bool = False
     generation_seconds: float | None = None
     error: str | None = None
     webhook: str | None = None

@@ -262,3 +262,45 @@ def test_stats_break_pending_work_down_by_key(queue: JobQueue) -> None:
             make_request(width=128).work_units
         ),
     }
+
+
+def test_a_cancelled_queued_job_never_runs(queue: JobQueue) -> None:
+    job_id = submit(queue)
+    cancelled = queue.cancel(job_id)
+    assert cancelled is not None and cancelled.status is JobStatus.CANCELLED
+    assert cancelled.finished_at is not None
+    assert queue.claim("w", lease_s=LEASE) == []
+    assert queue.cancel(job_id).status is JobStatus.CANCELLED  # type: ignore[union-attr]
+    assert queue.cancel(job_id + 100) is None
+
+
+def test_a_running_job_is_stopped_by_its_worker(queue: JobQueue) -> None:
+    job_id = submit(queue)
+    [job] = queue.claim("w", lease_s=LEASE)
+    lease = job.lease_id or ""
+    assert queue.stop_cancelled(lease) == []
+    flagged = queue.cancel(job_id)
+    assert flagged is not None and flagged.status is JobStatus.PROCESSING
+    assert flagged.cancel_requested
+    assert queue.stop_cancelled(lease) == [job_id]
+    assert queue.get(job_id).status is JobStatus.CANCELLED  # type: ignore[union-attr]
+    assert not queue.complete(job_id, lease, generation_seconds=1.0)
+    assert queue.stop_cancelled(lease) == []
+
+
+def test_a_finished_job_is_not_cancelled(queue: JobQueue) -> None:
+    job_id = submit(queue)
+    [job] = queue.claim("w", lease_s=LEASE)
+    queue.complete(job_id, job.lease_id or "", generation_seconds=1.0)
+    assert queue.cancel(job_id).status is JobStatus.SUCCESS  # type: ignore[union-attr]
+
+
+def test_a_cancelled_job_whose_worker_died_stays_cancelled(
+    queue: JobQueue, clock: FakeClock
+) -> None:
+    job_id = submit(queue)
+    queue.claim("w", lease_s=LEASE)
+    queue.cancel(job_id)
+    clock.advance(LEASE + 1)
+    assert queue.claim("w2", lease_s=LEASE) == []
+    assert queue.get(job_id).status is JobStatus.CANCELLED  # type: ignore[union-attr]

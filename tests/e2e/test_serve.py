@@ -241,3 +241,30 @@ def test_an_image_is_the_same_alone_or_batched(served: Served) -> None:
     assert f"jobs {ids}: started" in served.server.log(), "the four jobs ran as one batch"
     batched = download(served, answers[1]["output"][0])
     assert batched.tobytes() == download(served, alone["output"][0]).tobytes()
+
+
+def test_a_running_job_is_cancelled_within_seconds(served: Served) -> None:
+    job_id = served.post(
+        "/api/v3/text2img",
+        {
+            "prompt": "long",
+            "width": 512,
+            "height": 512,
+            "num_inference_steps": 40,
+            "instant_response": True,
+        },
+    )["id"]
+    while served.post(f"/api/v3/fetch/{job_id}").get("progress", 0) == 0:
+        time.sleep(0.05)
+    asked = time.monotonic()
+    assert served.post(f"/api/v3/cancel/{job_id}")["state"] == "cancelling"
+    while (answer := served.post(f"/api/v3/fetch/{job_id}"))["status"] == "processing":
+        assert time.monotonic() - asked < 30, served.server.log()
+        time.sleep(0.05)
+    print(f"cancelled {time.monotonic() - asked:.2f} s after the request")
+    assert answer["status"] == "cancelled"
+    # The worker is free again at once, not after 40 steps of a 512 px image.
+    after = served.post(
+        "/api/v3/text2img", {"prompt": "next", "width": 64, "height": 64, "num_inference_steps": 2}
+    )
+    assert after["status"] == "success"

@@ -332,3 +332,34 @@ def test_model_id_picks_a_served_model_and_unknown_ones_are_ignored() -> None:
         # [compat] v3 clients send ids the real API ignored: served or not, never an error.
         ignored = srv.post("/api/v3/text2img", {"prompt": "p", "model_id": "midjourney"})
         assert ignored["meta"]["model"] == "house"
+
+
+def test_cancel_a_queued_job_by_id(idle_server: Server) -> None:
+    job_id = idle_server.post("/api/v3/text2img", {"prompt": "p"})["id"]
+    foreign = idle_server.client.post(
+        f"/api/v3/cancel/{job_id}", json={"key": idle_server.other_key}
+    ).json()
+    assert foreign["message"] == "Request not found"
+    answer = idle_server.post(f"/api/v3/cancel/{job_id}")
+    assert answer == {
+        "status": "success",
+        "id": job_id,
+        "message": "Request cancelled",
+        "messege": "Request cancelled",
+        "state": "cancelled",
+    }
+    fetched = idle_server.post(f"/api/v3/fetch/{job_id}")
+    assert fetched["status"] == "cancelled" and fetched["output"] == []
+    worker = Worker.for_engine(
+        idle_server.backends.queue, idle_server.backends.images, FakeEngine(), lease_s=30
+    )
+    assert not worker.run_once()  # it never runs
+    again = idle_server.post("/api/v3/cancel", {"request_id": job_id})
+    assert again["status"] == "success" and again["state"] == "cancelled"
+
+
+def test_cancel_after_the_end_is_too_late(server: Server) -> None:
+    job_id = server.post("/api/v3/text2img", {"prompt": "p", "width": 64, "height": 64})["id"]
+    answer = server.post(f"/api/v3/cancel/{job_id}")
+    assert answer["status"] == "error" and answer["state"] == "success"
+    assert server.post(f"/api/v3/fetch/{job_id}")["status"] == "success"

@@ -220,3 +220,18 @@ def test_progress_reaches_the_queue_while_a_job_runs() -> None:
         time.sleep(0.05)
     assert any(0 < p < 1 for p in seen), "progress is reported before the job ends"
     assert seen == sorted(seen)
+
+
+def test_a_running_job_cancelled_by_its_owner_stops_early() -> None:
+    queue, store = MemoryQueue(), MemoryStore()
+    job_id = enqueue(queue, steps=500)  # about 10 s at 20 ms a step
+    engine = SlowSteps()
+    thread = threading.Thread(target=Worker.for_engine(queue, store, engine, lease_s=30).run_once)
+    thread.start()
+    while queue.get(job_id).progress == 0:  # type: ignore[union-attr]
+        time.sleep(0.02)
+    queue.cancel(job_id)
+    thread.join(timeout=8)
+    assert not thread.is_alive(), "the generation stopped at a step, not at its end"
+    assert queue.get(job_id).status is JobStatus.CANCELLED  # type: ignore[union-attr]
+    assert store.files == {}

@@ -100,6 +100,18 @@ class JobQueue(Protocol):
         """Mark failed if `lease_id` still holds the job."""
         ...
 
+    def cancel(self, job_id: int) -> Job | None:
+        """Cancel a job: a queued one ends `cancelled` at once (it never runs); a running one
+        is flagged for its worker, which stops it (see `stop_cancelled`). Idempotent; a job
+        that already ended is left as it is. None for an unknown id.
+        """
+        ...
+
+    def stop_cancelled(self, lease_id: str) -> list[int]:
+        """For a worker: end as `cancelled` the jobs of this lease whose owner asked to cancel;
+        returns their ids (the worker drops their work)."""
+        ...
+
     def position(self, job_id: int) -> tuple[int, float] | None:
         """For a queued job: (1-based place in line, work units ahead of it incl. running)."""
         ...

@@ -91,7 +91,14 @@ class MemoryQueue:
         for job in list(self._jobs.values()):
             if job.status is not JobStatus.PROCESSING or (job.lease_expires_at or 0) >= now:
                 continue
-            if job.attempts >= self.max_attempts:
+            if job.cancel_requested:
+                done = job.evolve(
+                    status=JobStatus.CANCELLED,
+                    finished_at=now,
+                    lease_id=None,
+                    lease_expires_at=None,
+                )
+            elif job.attempts >= self.max_attempts:
                 done = job.evolve(
                     status=JobStatus.FAILED,
                     finished_at=now,
@@ -172,6 +179,34 @@ class MemoryQueue:
                 lease_expires_at=None,
             )
         return True
+
+    def cancel(self, job_id: int) -> Job | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            if job.status is JobStatus.QUEUED:
+                job = job.evolve(status=JobStatus.CANCELLED, finished_at=self.clock())
+            elif job.status is JobStatus.PROCESSING:
+                job = job.evolve(cancel_requested=True)
+            self._jobs[job_id] = job
+        return job
+
+    def stop_cancelled(self, lease_id: str) -> list[int]:
+        with self._lock:
+            stopped = [
+                j for j in self._jobs.values()
+                if j.lease_id == lease_id and j.status is JobStatus.PROCESSING
+                and j.cancel_requested
+            ]  # fmt: skip
+            for job in stopped:
+                self._jobs[job.id] = job.evolve(
+                    status=JobStatus.CANCELLED,
+                    finished_at=self.clock(),
+                    lease_id=None,
+                    lease_expires_at=None,
+                )
+        return sorted(job.id for job in stopped)
 
     def position(self, job_id: int) -> tuple[int, float] | None:
         job = self._jobs.get(job_id)

@@ -115,10 +115,19 @@ class PostgresQueue:
         its holder is renewing right now, is left to them instead of waited for.
         """
         expired = conn.execute(
-            "SELECT id, attempts FROM jobs WHERE status = 'processing' AND lease_expires_at < %s"
+            "SELECT id, attempts, cancel_requested FROM jobs"
+            " WHERE status = 'processing' AND lease_expires_at < %s"
             " ORDER BY id FOR UPDATE SKIP LOCKED",
             (now,),
         ).fetchall()
+        cancelled = [row["id"] for row in expired if row["cancel_requested"]]
+        if cancelled:  # its worker died after the owner asked to cancel: it stays cancelled
+            conn.execute(
+                "UPDATE jobs SET status = 'cancelled', finished_at = %s, lease_id = NULL,"
+                " lease_expires_at = NULL WHERE id = ANY(%s)",
+                (now, cancelled),
+            )
+        expired = [row for row in expired if not row["cancel_requested"]]
         requeue = [row["id"] for row in expired if row["attempts"] < self.max_attempts]
         for row in expired:
             if row["attempts"] >= self.max_attempts:
@@ -180,6 +189,32 @@ class PostgresQueue:
                 (self.clock(), error, job_id, lease_id),
             )
         return cur.rowcount == 1
+
+    def cancel(self, job_id: int) -> Job | None:
+        now = self.clock()
+        with self.db.transaction() as conn:
+            conn.execute(
+                "UPDATE jobs SET status = 'cancelled', finished_at = %s"
+                " WHERE id = %s AND status = 'queued'",
+                (now, job_id),
+            )
+            row = conn.execute(
+                "UPDATE jobs SET cancel_requested = (status = 'processing') OR cancel_requested"
+                " WHERE id = %s RETURNING *",
+                (job_id,),
+            ).fetchone()
+        return job_from_row(row) if row else None
+
+    def stop_cancelled(self, lease_id: str) -> list[int]:
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                "UPDATE jobs SET status = 'cancelled', finished_at = %s, lease_id = NULL,"
+                " lease_expires_at = NULL"
+                " WHERE lease_id = %s AND status = 'processing' AND cancel_requested"
+                " RETURNING id",
+                (self.clock(), lease_id),
+            ).fetchall()
+        return sorted(row["id"] for row in rows)
 
     def position(self, job_id: int) -> tuple[int, float] | None:
         with self.db.connection() as conn:

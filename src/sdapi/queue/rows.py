@@ -60,6 +60,7 @@ def job_from_row(row: Row) -> Job:
         lease_expires_at=row["lease_expires_at"],
         worker_id=row["worker_id"],
         progress=row["progress"],
+        cancel_requested=bool(row["cancel_requested"]),
         generation_seconds=row["generation_seconds"],
         error=row["error"],
         webhook=row["webhook"],

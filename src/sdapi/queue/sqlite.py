@@ -99,8 +99,14 @@ class SQLiteQueue:
         return row is not None
 
     def _reap_expired(self, conn: sqlite3.Connection, now: float) -> None:
-        """Expired leases: fail jobs that used up their attempts, requeue the others."""
+        """Expired leases: a job whose owner asked to cancel stays cancelled; fail jobs that
+        used up their attempts; requeue the others."""
         expired = "status = 'processing' AND lease_expires_at < ?"
+        conn.execute(
+            f"UPDATE jobs SET status = 'cancelled', finished_at = ?, lease_id = NULL,"
+            f" lease_expires_at = NULL WHERE {expired} AND cancel_requested = 1",
+            (now, now),
+        )
         for row in conn.execute(
             f"SELECT id, attempts FROM jobs WHERE {expired} AND attempts >= ?",
             (now, self.max_attempts),
@@ -176,6 +182,34 @@ class SQLiteQueue:
                 (self.clock(), error, job_id, lease_id),
             )
         return cur.rowcount == 1
+
+    def cancel(self, job_id: int) -> Job | None:
+        with self.db.write() as conn:
+            conn.execute(
+                "UPDATE jobs SET status = 'cancelled', finished_at = ?"
+                " WHERE id = ? AND status = 'queued'",
+                (self.clock(), job_id),
+            )
+            conn.execute(
+                "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'processing'",
+                (job_id,),
+            )
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return job_from_row(row) if row else None
+
+    def stop_cancelled(self, lease_id: str) -> list[int]:
+        held = "lease_id = ? AND status = 'processing' AND cancel_requested = 1"
+        conn = self.db.connection()
+        if conn.execute(f"SELECT 1 FROM jobs WHERE {held}", (lease_id,)).fetchone() is None:
+            return []  # the common case stays a read: no write lock every second
+        with self.db.write() as conn:
+            ids = [r[0] for r in conn.execute(f"SELECT id FROM jobs WHERE {held}", (lease_id,))]
+            conn.execute(
+                f"UPDATE jobs SET status = 'cancelled', finished_at = ?, lease_id = NULL,"
+                f" lease_expires_at = NULL WHERE {held}",
+                (self.clock(), lease_id),
+            )
+        return sorted(ids)
 
     def position(self, job_id: int) -> tuple[int, float] | None:
         row = (

@@ -57,8 +57,8 @@ class Generator(Protocol):
     ) -> list[list[Image]]: ...
 
 
-class LeaseLost(Exception):
-    """Other workers own every job of the batch now; this one drops its work."""
+class BatchStopped(Exception):
+    """Every job of the batch was cancelled or taken over by another worker."""
 
 
 class Worker:
@@ -171,11 +171,11 @@ class Worker:
         ids = [job.id for job in jobs]
         log.info("jobs %s: started (attempts %s)", ids, [job.attempts for job in jobs])
         started = time.monotonic()
-        with LeaseKeeper(self.queue, [j.lease_id or "" for j in jobs], self.lease_s) as keeper:
+        with LeaseKeeper(self.queue, jobs, self.lease_s) as keeper:
             try:
                 outputs = self._generate(jobs, keeper)
-            except LeaseLost:
-                log.warning("jobs %s: every lease lost; other workers have them", ids)
+            except BatchStopped:
+                log.warning("jobs %s: stopped (%s)", ids, [keeper.stopped(j) for j in jobs])
                 return
             except Exception as exc:
                 for job in jobs:
@@ -191,7 +191,7 @@ class Worker:
     def _generate(self, jobs: list[Job], keeper: LeaseKeeper) -> list[list[Image]]:
         def on_step(done: int, total: int) -> bool:
             keeper.progress = done / max(total, 1)
-            return not keeper.all_lost.is_set()
+            return not keeper.all_stopped.is_set()
 
         requests = [job.request for job in jobs]
         inputs = [self._load_inputs(request) for request in requests]
@@ -199,14 +199,14 @@ class Worker:
             engine = self.engines.get(requests[0].model)
             return engine.generate_batch(requests, inputs, self.rows_for(requests[0]), on_step)
         except Exception:
-            if keeper.all_lost.is_set():  # the engine stopped because on_step said so
-                raise LeaseLost from None
+            if keeper.all_stopped.is_set():  # the engine stopped because on_step said so
+                raise BatchStopped from None
             raise
 
     def _store(self, job: Job, images: list[Image], keeper: LeaseKeeper) -> bool:
         """Write the job's images under the names fixed at submit time; False if not ours."""
-        if keeper.lost(job.lease_id):
-            log.warning("job %s: lease lost; another worker has it", job.id)
+        if reason := keeper.stopped(job):
+            log.warning("job %s: %s; its images are dropped", job.id, reason)
             return False
         try:
             for name, image in zip(job.output_names, images, strict=True):

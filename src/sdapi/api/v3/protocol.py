@@ -19,6 +19,9 @@ FETCH_PROCESSING_TIP = (
     "Your image is processing in background, you can get this image using fetch API"
 )
 FAILED_MESSAGE = "Failed, Try Again"
+CANCELLED_MESSAGE = "Request cancelled"
+CANCELLING_MESSAGE = "Cancellation requested: the job stops at its next step"
+TOO_LATE_MESSAGE = "Request already finished"
 
 MAX_SAMPLES = 4
 MAX_PROMPT_CHARS = 5000

@@ -110,6 +110,25 @@ async def fetch_by_body(request: Request) -> dict[str, Any]:
     return await _fetch(request, None)
 
 
+async def _cancel(request: Request, raw_id: Any) -> dict[str, Any]:
+    state, body, key = await _caller(request)
+    if raw_id is None:
+        raw_id = read_fields(body, FETCH_FIELDS)["request_id"]
+    job = await run_in_threadpool(_own_job, state, key, raw_id)
+    job = await run_in_threadpool(state.backends.queue.cancel, job.id) or job
+    return translate.cancel_answer(job)
+
+
+@router.post("/cancel/{job_id}", summary="Cancel a queued or running job")
+async def cancel_by_path(request: Request, job_id: str) -> dict[str, Any]:
+    return await _cancel(request, job_id)
+
+
+@router.post("/cancel", summary="Cancel a job, id as request_id in the body")
+async def cancel_by_body(request: Request) -> dict[str, Any]:
+    return await _cancel(request, None)
+
+
 @router.post("/system_load", summary="Queue depth and the time to drain it")
 async def system_load(request: Request) -> dict[str, Any]:
     state, _, _ = await _caller(request)

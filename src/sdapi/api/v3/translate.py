@@ -11,11 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from sdapi.api.v3.protocol import (
+    CANCELLED_MESSAGE,
+    CANCELLING_MESSAGE,
     FAILED_MESSAGE,
     FETCH_PROCESSING_MESSAGE,
     FETCH_PROCESSING_TIP,
     PROCESSING_MESSAGE,
     PROCESSING_TIP,
+    TOO_LATE_MESSAGE,
 )
 from sdapi.jobs import Job, JobStatus, Task
 from sdapi.storage.base import ImageStore
@@ -105,6 +108,8 @@ def fetched(job: Job, eta: float, links: Links, *, position: int | None) -> dict
             "meta": meta(job, links),
             "future_links": links.outputs(job),
         }
+    if job.status is JobStatus.CANCELLED:
+        return cancelled(job)
     if job.status.is_terminal:
         return failed(job)
     answer: dict[str, Any] = {
@@ -122,6 +127,36 @@ def fetched(job: Job, eta: float, links: Links, *, position: int | None) -> dict
     if position is not None:
         answer["queue_position"] = position
     return answer
+
+
+def cancelled(job: Job) -> dict[str, Any]:
+    # Beyond v3 (which had no cancel): a status of its own, so no client mistakes it for a
+    # failure worth retrying.
+    return {
+        "status": "cancelled",
+        "id": job.id,
+        "message": CANCELLED_MESSAGE,
+        "messege": CANCELLED_MESSAGE,
+        "output": [],
+    }
+
+
+def cancel_answer(job: Job) -> dict[str, Any]:
+    """The answer to a cancel: done at once (it was queued), under way (it is running), or too
+    late (it had already ended)."""
+    if job.status is JobStatus.CANCELLED:
+        text, state = CANCELLED_MESSAGE, "cancelled"
+    elif job.status is JobStatus.PROCESSING:
+        text, state = CANCELLING_MESSAGE, "cancelling"
+    else:
+        return {
+            "status": "error",
+            "id": job.id,
+            "message": TOO_LATE_MESSAGE,
+            "messege": TOO_LATE_MESSAGE,
+            "state": str(job.status),
+        }
+    return {"status": "success", "id": job.id, "message": text, "messege": text, "state": state}
 
 
 def failed(job: Job) -> dict[str, Any]:

@@ -33,6 +33,7 @@ CREATE TABLE jobs (
     lease_expires_at   DOUBLE PRECISION,
     worker_id          TEXT,
     progress           DOUBLE PRECISION NOT NULL DEFAULT 0,
+    cancel_requested   BOOLEAN NOT NULL DEFAULT FALSE,  -- the owner asked to stop a running job
     generation_seconds DOUBLE PRECISION,
     error              TEXT,
     webhook            TEXT,

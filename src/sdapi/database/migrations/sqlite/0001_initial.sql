@@ -26,6 +26,7 @@ CREATE TABLE jobs (
     lease_expires_at   REAL,
     worker_id          TEXT,
     progress           REAL NOT NULL DEFAULT 0,
+    cancel_requested   INTEGER NOT NULL DEFAULT 0,  -- the owner asked to stop a running job
     generation_seconds REAL,
     error              TEXT,
     webhook            TEXT,
