@@ -78,11 +78,16 @@ async def inpaint(request: Request) -> dict[str, Any]:
     return await _generate(request, Task.INPAINT)
 
 
-async def _fetch(request: Request, raw_id: Any) -> dict[str, Any]:
+async def _owned(request: Request, raw_id: Any) -> tuple[AppState, Job]:
+    """The caller's job, by the id in the path or `request_id` in the body."""
     state, body, key = await _caller(request)
     if raw_id is None:
         raw_id = read_fields(body, FETCH_FIELDS)["request_id"]
-    job = await run_in_threadpool(_own_job, state, key, raw_id)
+    return state, await run_in_threadpool(_own_job, state, key, raw_id)
+
+
+async def _fetch(request: Request, raw_id: Any) -> dict[str, Any]:
+    state, job = await _owned(request, raw_id)
     wait = await run_in_threadpool(wait_for, state.backends.queue, job)
     links = translate.Links(state.base_url(request), state.backends.images)
     return translate.fetched(job, wait.eta, links, position=wait.position)
@@ -111,10 +116,7 @@ async def fetch_by_body(request: Request) -> dict[str, Any]:
 
 
 async def _cancel(request: Request, raw_id: Any) -> dict[str, Any]:
-    state, body, key = await _caller(request)
-    if raw_id is None:
-        raw_id = read_fields(body, FETCH_FIELDS)["request_id"]
-    job = await run_in_threadpool(_own_job, state, key, raw_id)
+    state, job = await _owned(request, raw_id)
     job = await run_in_threadpool(state.backends.queue.cancel, job.id) or job
     return translate.cancel_answer(job)
 
