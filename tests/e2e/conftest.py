@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,10 +25,11 @@ class Served:
     other_key: str
     http: httpx.Client
 
-    def post(self, path: str, body: dict[str, object] | None = None) -> dict[str, object]:
-        response = self.http.post(path, json={"key": self.key, **(body or {})})
-        assert response.status_code == 200, response.text
-        return response.json()
+    def post(self, path: str, body: dict[str, object] | None = None) -> dict[str, Any]:
+        return self.server.post(self.key, path, body)
+
+    def wait_done(self, job_id: int) -> dict[str, Any]:
+        return self.server.wait_done(self.key, job_id)
 
 
 @pytest.fixture(scope="session")

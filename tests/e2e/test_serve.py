@@ -17,16 +17,6 @@ from tests.e2e.conftest import Served, png_bytes
 pytestmark = pytest.mark.e2e
 
 
-def wait_done(served: Served, job_id: int, timeout: float = 120) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        answer = served.post(f"/api/v3/fetch/{job_id}")
-        if answer["status"] != "processing":
-            return answer
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} still processing")
-
-
 def download(served: Served, url: str) -> Image.Image:
     response = served.http.get(url)
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
@@ -212,7 +202,7 @@ def test_system_load_counts_the_real_queue(served: Served) -> None:
     assert load["status"] == "ok" and 1 <= load["queue_num"] <= 3
     assert isinstance(load["queue_time"], int)
     for job_id in ids:
-        assert wait_done(served, job_id)["status"] == "success"
+        assert served.wait_done(job_id)["status"] == "success"
     assert served.post("/api/v3/system_load")["queue_num"] == 0
 
 
@@ -237,7 +227,7 @@ def test_an_image_is_the_same_alone_or_batched(served: Served) -> None:
         )["id"]
         for prompt, seed in (("x", 1), ("a red boat", 77), ("y", 2), ("z", 3))
     ]
-    answers = [wait_done(served, job_id) for job_id in ids]
+    answers = [served.wait_done(job_id) for job_id in ids]
     assert f"jobs {ids}: started" in served.server.log(), "the four jobs ran as one batch"
     batched = download(served, answers[1]["output"][0])
     assert batched.tobytes() == download(served, alone["output"][0]).tobytes()

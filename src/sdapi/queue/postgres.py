@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 
 from sdapi.database.postgres import PostgresDatabase, reason
-from sdapi.jobs import Job, JobStatus, QueueStats
+from sdapi.jobs import Job, QueueStats
 from sdapi.queue.base import (
     ABANDONED_ERROR,
     RATE_ALPHA,
@@ -37,7 +37,15 @@ from sdapi.queue.base import (
     WorkerInfo,
     learned_seconds,
 )
-from sdapi.queue.rows import insert_sql, insert_values, job_from_row, states_sql
+from sdapi.queue.rows import (
+    CANCEL_QUEUED,
+    FAIL,
+    SUCCEED,
+    TO_PROCESSING,
+    insert_sql,
+    insert_values,
+    job_from_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +55,6 @@ CLAIM_WINDOW = 64
 CHANNEL = "sdapi_jobs"
 
 Connection = psycopg.Connection[dict[str, Any]]
-
-
-TO_PROCESSING = states_sql(JobStatus.PROCESSING)
-TO_SUCCESS = states_sql(JobStatus.SUCCESS)
-TO_FAILED = states_sql(JobStatus.FAILED)
 
 
 class PostgresQueue:
@@ -167,10 +170,7 @@ class PostgresQueue:
         now = self.clock()
         with self.db.transaction() as conn:
             done = conn.execute(
-                f"UPDATE jobs SET status = 'success', finished_at = %s, generation_seconds = %s,"
-                f" progress = 1, lease_id = NULL, lease_expires_at = NULL"
-                f" WHERE id = %s AND lease_id = %s AND status IN {TO_SUCCESS}"
-                f" RETURNING batch_key, rate_key, work_units",
+                SUCCEED.format(p="%s") + " RETURNING batch_key, rate_key, work_units",
                 (now, generation_seconds, job_id, lease_id),
             ).fetchone()
             if done is not None:
@@ -183,9 +183,7 @@ class PostgresQueue:
     def fail(self, job_id: int, lease_id: str, *, error: str) -> bool:
         with self.db.connection() as conn:
             cur = conn.execute(
-                f"UPDATE jobs SET status = 'failed', finished_at = %s, error = %s,"
-                f" lease_id = NULL, lease_expires_at = NULL"
-                f" WHERE id = %s AND lease_id = %s AND status IN {TO_FAILED}",
+                FAIL.format(p="%s"),
                 (self.clock(), error, job_id, lease_id),
             )
         return cur.rowcount == 1
@@ -194,8 +192,7 @@ class PostgresQueue:
         now = self.clock()
         with self.db.transaction() as conn:
             conn.execute(
-                "UPDATE jobs SET status = 'cancelled', finished_at = %s"
-                " WHERE id = %s AND status = 'queued'",
+                CANCEL_QUEUED.format(p="%s"),
                 (now, job_id),
             )
             row = conn.execute(

@@ -45,6 +45,25 @@ def states_sql(dst: JobStatus) -> str:
     return "(" + ",".join(f"'{s.value}'" for s in sources_of(dst)) + ")"
 
 
+TO_PROCESSING = states_sql(JobStatus.PROCESSING)
+
+#: Terminal updates, identical in every dialect but for the placeholder `{p}` (`?` or `%s`).
+#: Each holds only for the current lease holder, so a stale worker's late write matches no row.
+SUCCEED = (
+    "UPDATE jobs SET status = 'success', finished_at = {p}, generation_seconds = {p},"
+    " progress = 1, lease_id = NULL, lease_expires_at = NULL"
+    f" WHERE id = {{p}} AND lease_id = {{p}} AND status IN {states_sql(JobStatus.SUCCESS)}"
+)
+FAIL = (
+    "UPDATE jobs SET status = 'failed', finished_at = {p}, error = {p}, lease_id = NULL,"
+    " lease_expires_at = NULL"
+    f" WHERE id = {{p}} AND lease_id = {{p}} AND status IN {states_sql(JobStatus.FAILED)}"
+)
+CANCEL_QUEUED = (
+    "UPDATE jobs SET status = 'cancelled', finished_at = {p} WHERE id = {p} AND status = 'queued'"
+)
+
+
 def job_from_row(row: Row) -> Job:
     return Job(
         id=row["id"],

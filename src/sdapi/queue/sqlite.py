@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Sequence
 
 from sdapi.database.sqlite import SQLiteDatabase
-from sdapi.jobs import Job, JobStatus, QueueStats
+from sdapi.jobs import Job, QueueStats
 from sdapi.queue.base import (
     ABANDONED_ERROR,
     WORKER_STALE_S,
@@ -22,15 +22,18 @@ from sdapi.queue.base import (
     blend_rate,
     learned_seconds,
 )
-from sdapi.queue.rows import insert_sql, insert_values, job_from_row, states_sql
+from sdapi.queue.rows import (
+    CANCEL_QUEUED,
+    FAIL,
+    SUCCEED,
+    TO_PROCESSING,
+    insert_sql,
+    insert_values,
+    job_from_row,
+)
 
 #: How many queued jobs a claim looks at to gather a batch of compatible ones.
 CLAIM_WINDOW = 64
-
-
-TO_PROCESSING = states_sql(JobStatus.PROCESSING)
-TO_SUCCESS = states_sql(JobStatus.SUCCESS)
-TO_FAILED = states_sql(JobStatus.FAILED)
 
 
 class SQLiteQueue:
@@ -144,9 +147,7 @@ class SQLiteQueue:
         now = self.clock()
         with self.db.write() as conn:
             cur = conn.execute(
-                f"UPDATE jobs SET status = 'success', finished_at = ?, generation_seconds = ?,"
-                f" progress = 1, lease_id = NULL, lease_expires_at = NULL"
-                f" WHERE id = ? AND lease_id = ? AND status IN {TO_SUCCESS}",
+                SUCCEED.format(p="?"),
                 (now, generation_seconds, job_id, lease_id),
             )
             if cur.rowcount:
@@ -177,8 +178,7 @@ class SQLiteQueue:
     def fail(self, job_id: int, lease_id: str, *, error: str) -> bool:
         with self.db.write() as conn:
             cur = conn.execute(
-                f"UPDATE jobs SET status = 'failed', finished_at = ?, error = ?, lease_id = NULL,"
-                f" lease_expires_at = NULL WHERE id = ? AND lease_id = ? AND status IN {TO_FAILED}",
+                FAIL.format(p="?"),
                 (self.clock(), error, job_id, lease_id),
             )
         return cur.rowcount == 1
@@ -186,8 +186,7 @@ class SQLiteQueue:
     def cancel(self, job_id: int) -> Job | None:
         with self.db.write() as conn:
             conn.execute(
-                "UPDATE jobs SET status = 'cancelled', finished_at = ?"
-                " WHERE id = ? AND status = 'queued'",
+                CANCEL_QUEUED.format(p="?"),
                 (self.clock(), job_id),
             )
             conn.execute(
