@@ -150,6 +150,12 @@ class Job:
     track_id: str | None = None
     #: What the client sent that answers echo back (original image URLs, ...); opaque here.
     echo: Mapping[str, Any] = field(default_factory=dict)
+    #: Where delivery of the webhook stands: "" (none), pending, retrying, delivered, failed.
+    webhook_status: str = ""
+    #: A job still queued at this time is failed instead of started.
+    deadline_at: float | None = None
+    #: Temporary outputs: the files are removed (and the job expired) at this time.
+    keep_until: float | None = None
 
     def evolve(self, **changes: Any) -> Job:
         """A copy with changes; a change of status must be allowed by the transition table."""

@@ -6,6 +6,7 @@ Guarantees every backend gives (tests/contract/test_queue.py checks them on each
   `lease_id`; a job whose lease expired goes back to the queue (or fails after `max_attempts`).
 - `complete` / `fail` act only for the holder of the current lease, so every job has exactly one
   terminal outcome however many workers died on it.
+- Every final state of a job with a webhook writes its outbox event in the same transaction.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ Clock = Callable[[], float]
 
 #: Error recorded on a job whose workers kept dying.
 ABANDONED_ERROR = "The job was interrupted {attempts} times (its worker stopped); giving up"
+#: Error recorded on a job that was still queued when its deadline passed.
+DEADLINE_ERROR = "The job's deadline passed before a worker could start it"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,29 @@ class NewJob:
     webhook: str | None = None
     track_id: str | None = None
     echo: Mapping[str, Any] = field(default_factory=dict)
+    deadline_at: float | None = None
+    keep_until: float | None = None
+    #: With a track_id: the owner's job with the same track_id created at or after this time,
+    #: if there is one, is returned instead of a new job (idempotent submission).
+    dedupe_since: float | None = None
+
+    @property
+    def webhook_status(self) -> str:
+        return "pending" if self.webhook else ""
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEvent:
+    """One outbox row: a webhook the final state of a job calls for."""
+
+    event_id: str
+    job_id: int
+    #: The job's final status: success, failed or cancelled.
+    event: str
+    url: str
+    #: Attempts made before this one.
+    attempts: int
+    created_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +78,11 @@ def rate_key(model: str, task: Task) -> str:
 
 class JobQueue(Protocol):
     def enqueue(self, new: NewJob) -> Job:
-        """Store a queued job durably and return it with its id."""
+        """Store a queued job durably and return it with its id.
+
+        With `new.dedupe_since` and a track_id, the owner's job with that track_id created
+        since then is returned instead, if there is one (checked and inserted atomically).
+        """
         ...
 
     def get(self, job_id: int) -> Job | None: ...
@@ -71,7 +101,8 @@ class JobQueue(Protocol):
         Only jobs for `models` are considered (None: any model), and only jobs with
         `batch_key` when given (a worker gathering more work for a batch it started).
 
-        First returns expired leases to the queue (or fails them after `max_attempts`).
+        First returns expired leases to the queue (or fails them after `max_attempts`), and
+        fails queued jobs whose deadline passed.
         """
         ...
 
@@ -136,6 +167,27 @@ class JobQueue(Protocol):
         """
         ...
 
+    def claim_webhooks(self, *, limit: int, lease_s: float) -> list[WebhookEvent]:
+        """Lease up to `limit` due webhook events to one dispatcher for `lease_s` seconds (a
+        dispatcher that dies holding one leaves it to be sent again, with the same event id)."""
+        ...
+
+    def record_webhook(
+        self, event_id: str, *, delivered: bool, error: str | None = None, retry_at: float | None
+    ) -> None:
+        """The outcome of one delivery attempt: delivered, to be retried at `retry_at`, or
+        (neither) given up. The job's `webhook_status` follows in the same transaction."""
+        ...
+
+    def expirable(self, *, finished_before: float | None, limit: int) -> list[Job]:
+        """Ended jobs whose files are due for removal: finished before `finished_before`
+        (None: no retention limit) or temporary and past their `keep_until`; oldest first."""
+        ...
+
+    def expire(self, job_ids: Sequence[int]) -> None:
+        """Mark ended jobs `expired` (their files are gone); other states are left alone."""
+        ...
+
     def register_worker(self, info: WorkerInfo) -> None: ...
 
     def worker_seen(self, worker_id: str, state: str) -> None: ...
@@ -157,6 +209,35 @@ def learned_seconds(generation_seconds: float, cost_seconds: float | None) -> fl
 
 def blend_rate(old: float | None, measured: float) -> float:
     return measured if old is None else (1 - RATE_ALPHA) * old + RATE_ALPHA * measured
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """What happens to jobs whose lease expired (their worker stopped)."""
+
+    #: The owner asked to cancel before the worker died: they stay cancelled.
+    cancelled: list[int]
+    #: (id, attempts) of jobs that used up their attempts: they fail.
+    abandoned: list[tuple[int, int]]
+    #: The others go back in line.
+    requeued: list[int]
+
+    @property
+    def ended(self) -> list[int]:
+        return self.cancelled + [job_id for job_id, _ in self.abandoned]
+
+
+def split_expired(rows: Sequence[tuple[int, int, bool]], max_attempts: int) -> Expired:
+    """Sort (id, attempts, cancel_requested) of expired leases by what becomes of each job."""
+    out = Expired([], [], [])
+    for job_id, attempts, cancel_requested in rows:
+        if cancel_requested:
+            out.cancelled.append(job_id)
+        elif attempts >= max_attempts:
+            out.abandoned.append((job_id, attempts))
+        else:
+            out.requeued.append(job_id)
+    return out
 
 
 def same_batch(jobs: Sequence[Job], limit: int) -> list[Job]:

@@ -5,20 +5,36 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 
 from sdapi.jobs import Job, JobStatus, QueueStats
 from sdapi.queue.base import (
     ABANDONED_ERROR,
+    DEADLINE_ERROR,
     WORKER_STALE_S,
     Clock,
     NewJob,
+    WebhookEvent,
     WorkerInfo,
     blend_rate,
     learned_seconds,
     rate_key,
     same_batch,
+    split_expired,
 )
+
+_ENDED = (JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+@dataclass
+class _Outbox:
+    """One outbox row, as the SQL backends keep it."""
+
+    event: WebhookEvent
+    state: str
+    next_attempt_at: float
+    last_error: str | None = None
 
 
 class MemoryQueue:
@@ -29,11 +45,15 @@ class MemoryQueue:
         self._rates: dict[str, float] = {}
         self._call_rows: dict[str, int] = {}
         self._workers: dict[str, float] = {}
+        self._outbox: dict[str, _Outbox] = {}
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
 
     def enqueue(self, new: NewJob) -> Job:
         with self._lock:
+            earlier = self._same_track(new)
+            if earlier is not None:
+                return earlier
             job = Job(
                 id=len(self._jobs) + 1,
                 owner=new.owner,
@@ -44,10 +64,34 @@ class MemoryQueue:
                 webhook=new.webhook,
                 track_id=new.track_id,
                 echo=dict(new.echo),
+                webhook_status=new.webhook_status,
+                deadline_at=new.deadline_at,
+                keep_until=new.keep_until,
             )
             self._jobs[job.id] = job
             self._arrived.notify_all()
         return job
+
+    def _same_track(self, new: NewJob) -> Job | None:
+        if new.track_id is None or new.dedupe_since is None:
+            return None
+        same = [
+            j for j in self._jobs.values()
+            if j.owner == new.owner and j.track_id == new.track_id
+            and j.created_at >= new.dedupe_since
+        ]  # fmt: skip
+        return max(same, key=lambda j: j.id) if same else None
+
+    def _end(self, job: Job, now: float, **changes: object) -> None:
+        """Store a job's final state and, when it has a webhook, its outbox event."""
+        self._jobs[job.id] = job = job.evolve(finished_at=now, **changes)
+        if job.webhook is None:
+            return
+        if any(o.event.job_id == job.id for o in self._outbox.values()):
+            return
+        event_id = f"msg_{uuid.uuid4().hex}"
+        event = WebhookEvent(event_id, job.id, job.status.value, job.webhook, 0, now)
+        self._outbox[event.event_id] = _Outbox(event, "pending", now)
 
     def get(self, job_id: int) -> Job | None:
         return self._jobs.get(job_id)
@@ -88,33 +132,28 @@ class MemoryQueue:
         return claimed
 
     def _reap_expired(self, now: float) -> None:
+        """Expired leases (see `split_expired`), then queued jobs past their deadline."""
+        expired_jobs = [
+            j for j in self._jobs.values()
+            if j.status is JobStatus.PROCESSING and (j.lease_expires_at or 0) < now
+        ]  # fmt: skip
+        expired = split_expired(
+            [(j.id, j.attempts, j.cancel_requested) for j in expired_jobs], self.max_attempts
+        )
+        released = {"lease_id": None, "lease_expires_at": None}
+        for job_id in expired.cancelled:
+            self._end(self._jobs[job_id], now, status=JobStatus.CANCELLED, **released)
+        for job_id, attempts in expired.abandoned:
+            error = ABANDONED_ERROR.format(attempts=attempts)
+            self._end(self._jobs[job_id], now, status=JobStatus.FAILED, error=error, **released)
+        for job_id in expired.requeued:
+            self._jobs[job_id] = self._jobs[job_id].evolve(
+                status=JobStatus.QUEUED, worker_id=None, progress=0.0, **released
+            )
         for job in list(self._jobs.values()):
-            if job.status is not JobStatus.PROCESSING or (job.lease_expires_at or 0) >= now:
-                continue
-            if job.cancel_requested:
-                done = job.evolve(
-                    status=JobStatus.CANCELLED,
-                    finished_at=now,
-                    lease_id=None,
-                    lease_expires_at=None,
-                )
-            elif job.attempts >= self.max_attempts:
-                done = job.evolve(
-                    status=JobStatus.FAILED,
-                    finished_at=now,
-                    lease_id=None,
-                    lease_expires_at=None,
-                    error=ABANDONED_ERROR.format(attempts=job.attempts),
-                )
-            else:
-                done = job.evolve(
-                    status=JobStatus.QUEUED,
-                    lease_id=None,
-                    lease_expires_at=None,
-                    worker_id=None,
-                    progress=0.0,
-                )
-            self._jobs[job.id] = done
+            late = job.deadline_at is not None and job.deadline_at < now
+            if job.status is JobStatus.QUEUED and late:
+                self._end(job, now, status=JobStatus.FAILED, error=DEADLINE_ERROR)
 
     def _held(self, job_id: int, lease_id: str) -> Job | None:
         job = self._jobs.get(job_id)
@@ -150,9 +189,10 @@ class MemoryQueue:
             job = self._held(job_id, lease_id)
             if job is None:
                 return False
-            self._jobs[job_id] = job.evolve(
+            self._end(
+                job,
+                self.clock(),
                 status=JobStatus.SUCCESS,
-                finished_at=self.clock(),
                 progress=1.0,
                 generation_seconds=generation_seconds,
                 lease_id=None,
@@ -171,9 +211,10 @@ class MemoryQueue:
             job = self._held(job_id, lease_id)
             if job is None:
                 return False
-            self._jobs[job_id] = job.evolve(
+            self._end(
+                job,
+                self.clock(),
                 status=JobStatus.FAILED,
-                finished_at=self.clock(),
                 error=error,
                 lease_id=None,
                 lease_expires_at=None,
@@ -186,11 +227,10 @@ class MemoryQueue:
             if job is None:
                 return None
             if job.status is JobStatus.QUEUED:
-                job = job.evolve(status=JobStatus.CANCELLED, finished_at=self.clock())
+                self._end(job, self.clock(), status=JobStatus.CANCELLED)
             elif job.status is JobStatus.PROCESSING:
-                job = job.evolve(cancel_requested=True)
-            self._jobs[job_id] = job
-        return job
+                self._jobs[job_id] = job.evolve(cancel_requested=True)
+            return self._jobs[job_id]
 
     def stop_cancelled(self, lease_id: str) -> list[int]:
         with self._lock:
@@ -200,9 +240,10 @@ class MemoryQueue:
                 and j.cancel_requested
             ]  # fmt: skip
             for job in stopped:
-                self._jobs[job.id] = job.evolve(
+                self._end(
+                    job,
+                    self.clock(),
                     status=JobStatus.CANCELLED,
-                    finished_at=self.clock(),
                     lease_id=None,
                     lease_expires_at=None,
                 )
@@ -246,6 +287,54 @@ class MemoryQueue:
     def wait_for_work(self, timeout: float) -> None:
         with self._arrived:
             self._arrived.wait(timeout)
+
+    def claim_webhooks(self, *, limit: int, lease_s: float) -> list[WebhookEvent]:
+        now = self.clock()
+        with self._lock:
+            due = sorted(
+                (o for o in self._outbox.values() if o.state == "pending"
+                 and o.next_attempt_at <= now),
+                key=lambda o: o.next_attempt_at,
+            )[:limit]  # fmt: skip
+            for row in due:
+                row.next_attempt_at = now + lease_s
+        return [row.event for row in due]
+
+    def record_webhook(
+        self, event_id: str, *, delivered: bool, error: str | None = None, retry_at: float | None
+    ) -> None:
+        with self._lock:
+            row = self._outbox.get(event_id)
+            if row is None or row.state != "pending":
+                return
+            row.event = replace(row.event, attempts=row.event.attempts + 1)
+            row.last_error = error
+            if delivered:
+                row.state, status = "delivered", "delivered"
+            elif retry_at is not None:
+                row.state, status, row.next_attempt_at = "pending", "retrying", retry_at
+            else:
+                row.state, status = "failed", "failed"
+            job = self._jobs[row.event.job_id]
+            self._jobs[job.id] = job.evolve(webhook_status=status)
+
+    def expirable(self, *, finished_before: float | None, limit: int) -> list[Job]:
+        now, cutoff = self.clock(), -1.0 if finished_before is None else finished_before
+        due = [
+            j for j in self._jobs.values()
+            if j.status in _ENDED and (
+                (j.keep_until is not None and j.keep_until < now)
+                or (j.finished_at or 0) < cutoff
+            )
+        ]  # fmt: skip
+        return sorted(due, key=lambda j: j.finished_at or 0)[:limit]
+
+    def expire(self, job_ids: Iterable[int]) -> None:
+        with self._lock:
+            for job_id in job_ids:
+                job = self._jobs.get(job_id)
+                if job is not None and job.status in _ENDED:
+                    self._jobs[job_id] = job.evolve(status=JobStatus.EXPIRED)
 
     def register_worker(self, info: WorkerInfo) -> None:
         self._workers[info.id] = self.clock()

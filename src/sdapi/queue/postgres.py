@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import psycopg
@@ -30,21 +30,35 @@ from sdapi.database.postgres import PostgresDatabase, reason
 from sdapi.jobs import Job, QueueStats
 from sdapi.queue.base import (
     ABANDONED_ERROR,
+    DEADLINE_ERROR,
     RATE_ALPHA,
     WORKER_STALE_S,
     Clock,
     NewJob,
+    WebhookEvent,
     WorkerInfo,
     learned_seconds,
+    split_expired,
 )
 from sdapi.queue.rows import (
     CANCEL_QUEUED,
+    DUE_WEBHOOKS,
+    EXPIRABLE,
+    EXPIRE,
     FAIL,
+    FAIL_LATE,
+    JOB_WEBHOOK_STATUS,
+    LATE_IDS,
+    RECORD_WEBHOOK,
+    SAME_TRACK,
     SUCCEED,
     TO_PROCESSING,
+    WEBHOOK_EVENT,
     insert_sql,
     insert_values,
     job_from_row,
+    webhook_event_args,
+    webhook_record_args,
 )
 
 log = logging.getLogger(__name__)
@@ -70,6 +84,10 @@ class PostgresQueue:
 
     def enqueue(self, new: NewJob) -> Job:
         with self.db.transaction() as conn:
+            if new.track_id is not None and new.dedupe_since is not None:
+                earlier = _same_track(conn, new)
+                if earlier is not None:
+                    return earlier
             row = conn.execute(
                 insert_sql("%s") + " RETURNING *", insert_values(new, self.clock())
             ).fetchone()
@@ -112,40 +130,44 @@ class PostgresQueue:
         return sorted((job_from_row(row) for row in rows), key=lambda job: job.id)
 
     def _reap_expired(self, conn: Connection, now: float) -> int:
-        """Expired leases: fail jobs that used up their attempts, requeue the others.
+        """Expired leases (see `split_expired`), then queued jobs past their deadline.
 
         Returns how many went back in line. SKIP LOCKED: a lease another claimer is reaping, or
         its holder is renewing right now, is left to them instead of waited for.
         """
-        expired = conn.execute(
+        rows = conn.execute(
             "SELECT id, attempts, cancel_requested FROM jobs"
             " WHERE status = 'processing' AND lease_expires_at < %s"
             " ORDER BY id FOR UPDATE SKIP LOCKED",
             (now,),
         ).fetchall()
-        cancelled = [row["id"] for row in expired if row["cancel_requested"]]
-        if cancelled:  # its worker died after the owner asked to cancel: it stays cancelled
+        expired = split_expired(
+            [(r["id"], r["attempts"], r["cancel_requested"]) for r in rows], self.max_attempts
+        )
+        released = "lease_id = NULL, lease_expires_at = NULL"
+        if expired.cancelled:
             conn.execute(
-                "UPDATE jobs SET status = 'cancelled', finished_at = %s, lease_id = NULL,"
-                " lease_expires_at = NULL WHERE id = ANY(%s)",
-                (now, cancelled),
+                f"UPDATE jobs SET status = 'cancelled', finished_at = %s, {released}"
+                " WHERE id = ANY(%s)",
+                (now, expired.cancelled),
             )
-        expired = [row for row in expired if not row["cancel_requested"]]
-        requeue = [row["id"] for row in expired if row["attempts"] < self.max_attempts]
-        for row in expired:
-            if row["attempts"] >= self.max_attempts:
-                conn.execute(
-                    "UPDATE jobs SET status = 'failed', error = %s, finished_at = %s,"
-                    " lease_id = NULL, lease_expires_at = NULL WHERE id = %s",
-                    (ABANDONED_ERROR.format(attempts=row["attempts"]), now, row["id"]),
-                )
-        if requeue:
+        for job_id, attempts in expired.abandoned:
             conn.execute(
-                "UPDATE jobs SET status = 'queued', lease_id = NULL, lease_expires_at = NULL,"
-                " worker_id = NULL, progress = 0 WHERE id = ANY(%s)",
-                (requeue,),
+                f"UPDATE jobs SET status = 'failed', error = %s, finished_at = %s, {released}"
+                " WHERE id = %s",
+                (ABANDONED_ERROR.format(attempts=attempts), now, job_id),
             )
-        return len(requeue)
+        if expired.requeued:
+            conn.execute(
+                f"UPDATE jobs SET status = 'queued', {released}, worker_id = NULL, progress = 0"
+                " WHERE id = ANY(%s)",
+                (expired.requeued,),
+            )
+        late = [r["id"] for r in conn.execute(LATE_IDS.format(p="%s") + " FOR UPDATE", (now,))]
+        if late:
+            conn.execute(FAIL_LATE.format(p="%s"), (now, DEADLINE_ERROR, now))
+        _webhooks(conn, expired.ended + late, now)
+        return len(expired.requeued)
 
     def heartbeat(self, lease_id: str, *, lease_s: float, progress: float | None = None) -> int:
         now = self.clock()
@@ -178,23 +200,22 @@ class PostgresQueue:
                 measured = cost / max(done["work_units"], 1e-9)
                 _learn_rate(conn, done["batch_key"], measured, call_rows, now)
                 _learn_rate(conn, done["rate_key"], measured, 1, now)
+                _webhooks(conn, [job_id], now)
         return done is not None
 
     def fail(self, job_id: int, lease_id: str, *, error: str) -> bool:
-        with self.db.connection() as conn:
-            cur = conn.execute(
-                FAIL.format(p="%s"),
-                (self.clock(), error, job_id, lease_id),
-            )
+        now = self.clock()
+        with self.db.transaction() as conn:
+            cur = conn.execute(FAIL.format(p="%s"), (now, error, job_id, lease_id))
+            if cur.rowcount:
+                _webhooks(conn, [job_id], now)
         return cur.rowcount == 1
 
     def cancel(self, job_id: int) -> Job | None:
         now = self.clock()
         with self.db.transaction() as conn:
-            conn.execute(
-                CANCEL_QUEUED.format(p="%s"),
-                (now, job_id),
-            )
+            if conn.execute(CANCEL_QUEUED.format(p="%s"), (now, job_id)).rowcount:
+                _webhooks(conn, [job_id], now)
             row = conn.execute(
                 "UPDATE jobs SET cancel_requested = (status = 'processing') OR cancel_requested"
                 " WHERE id = %s RETURNING *",
@@ -203,15 +224,18 @@ class PostgresQueue:
         return job_from_row(row) if row else None
 
     def stop_cancelled(self, lease_id: str) -> list[int]:
-        with self.db.connection() as conn:
+        now = self.clock()
+        with self.db.transaction() as conn:
             rows = conn.execute(
                 "UPDATE jobs SET status = 'cancelled', finished_at = %s, lease_id = NULL,"
                 " lease_expires_at = NULL"
                 " WHERE lease_id = %s AND status = 'processing' AND cancel_requested"
                 " RETURNING id",
-                (self.clock(), lease_id),
+                (now, lease_id),
             ).fetchall()
-        return sorted(row["id"] for row in rows)
+            ids = sorted(row["id"] for row in rows)
+            _webhooks(conn, ids, now)
+        return ids
 
     def position(self, job_id: int) -> tuple[int, float] | None:
         with self.db.connection() as conn:
@@ -316,6 +340,40 @@ class PostgresQueue:
             with contextlib.suppress(psycopg.Error):  # already broken: closing is all we want
                 conn.close()
 
+    def claim_webhooks(self, *, limit: int, lease_s: float) -> list[WebhookEvent]:
+        now = self.clock()
+        with self.db.transaction() as conn:
+            # SKIP LOCKED: API replicas dispatching side by side never take the same event.
+            rows = conn.execute(
+                DUE_WEBHOOKS.format(p="%s") + " FOR UPDATE SKIP LOCKED", (now, limit)
+            ).fetchall()
+            events = [WebhookEvent(**row) for row in rows]
+            if events:
+                conn.execute(
+                    "UPDATE webhook_events SET next_attempt_at = %s WHERE event_id = ANY(%s)",
+                    (now + lease_s, [e.event_id for e in events]),
+                )
+        return events
+
+    def record_webhook(
+        self, event_id: str, *, delivered: bool, error: str | None = None, retry_at: float | None
+    ) -> None:
+        event, job = webhook_record_args(event_id, delivered, error, retry_at, self.clock())
+        with self.db.transaction() as conn:
+            if conn.execute(RECORD_WEBHOOK.format(p="%s"), event).rowcount:
+                conn.execute(JOB_WEBHOOK_STATUS.format(p="%s"), job)
+
+    def expirable(self, *, finished_before: float | None, limit: int) -> list[Job]:
+        cutoff = -1.0 if finished_before is None else finished_before
+        with self.db.connection() as conn:
+            rows = conn.execute(EXPIRABLE.format(p="%s"), (self.clock(), cutoff, limit)).fetchall()
+        return [job_from_row(row) for row in rows]
+
+    def expire(self, job_ids: Sequence[int]) -> None:
+        with self.db.transaction() as conn:
+            for job_id in job_ids:
+                conn.execute(EXPIRE.format(p="%s"), (job_id,))
+
     def register_worker(self, info: WorkerInfo) -> None:
         now = self.clock()
         with self.db.connection() as conn:
@@ -344,6 +402,24 @@ class PostgresQueue:
         with self._listen_lock:  # waits out a wait_for_work in flight (bounded by its timeout)
             self._drop_listener()
         self.db.close()
+
+
+def _webhooks(conn: Connection, job_ids: Iterable[int], now: float) -> None:
+    """Outbox events for jobs that just ended, in the transaction that ended them."""
+    for job_id in job_ids:
+        conn.execute(WEBHOOK_EVENT.format(p="%s"), webhook_event_args(job_id, now))
+
+
+def _same_track(conn: Connection, new: NewJob) -> Job | None:
+    """The owner's earlier job with this track_id; a transaction lock on (owner, track_id)
+    makes the check and the INSERT that may follow one step for concurrent submitters."""
+    conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{new.owner}\n{new.track_id}",)
+    )
+    row = conn.execute(
+        SAME_TRACK.format(p="%s"), (new.owner, new.track_id, new.dedupe_since)
+    ).fetchone()
+    return job_from_row(row) if row else None
 
 
 def _has_work(conn: Connection, now: float, model_sql: str, model_args: tuple[Any, ...]) -> bool:

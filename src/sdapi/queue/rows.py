@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any, Protocol
 
 from sdapi.jobs import GenerationRequest, Job, JobStatus, sources_of
@@ -11,7 +12,7 @@ from sdapi.queue.base import NewJob, rate_key
 #: Columns an INSERT of a new job fills, in the order of `insert_values`.
 INSERT_COLUMNS = (
     "owner", "status", "model", "request", "batch_key", "rate_key", "work_units", "output_names",
-    "created_at", "webhook", "track_id", "echo",
+    "created_at", "webhook", "track_id", "echo", "webhook_status", "deadline_at", "keep_until",
 )  # fmt: skip
 
 
@@ -32,7 +33,8 @@ def insert_values(new: NewJob, now: float) -> tuple[Any, ...]:
     return (
         new.owner, JobStatus.QUEUED.value, req.model, req.to_json(), req.batch_key,
         rate_key(req.model, req.task), req.work_units, json.dumps(new.output_names), now,
-        new.webhook, new.track_id, json.dumps(dict(new.echo)),
+        new.webhook, new.track_id, json.dumps(dict(new.echo)), new.webhook_status,
+        new.deadline_at, new.keep_until,
     )  # fmt: skip
 
 
@@ -64,6 +66,71 @@ CANCEL_QUEUED = (
 )
 
 
+#: The owner's earlier job with the same track_id (idempotent submission), newest first.
+SAME_TRACK = (
+    "SELECT * FROM jobs WHERE owner = {p} AND track_id = {p} AND created_at >= {p}"
+    " ORDER BY id DESC LIMIT 1"
+)
+#: Queued jobs past their deadline fail instead of starting.
+FAIL_LATE = (
+    "UPDATE jobs SET status = 'failed', finished_at = {p}, error = {p}"
+    " WHERE status = 'queued' AND deadline_at IS NOT NULL AND deadline_at < {p}"
+)
+LATE_IDS = (
+    "SELECT id FROM jobs WHERE status = 'queued' AND deadline_at IS NOT NULL AND deadline_at < {p}"
+)
+#: The ended states (the ones a job may expire from).
+FINAL_STATES = states_sql(JobStatus.EXPIRED)
+#: The outbox event a job's final state calls for, written in the transaction that set it.
+#: At most one per job and state, whatever path (worker, reaper, cancel) got it there.
+WEBHOOK_EVENT = (
+    "INSERT INTO webhook_events (event_id, job_id, event, url, created_at, next_attempt_at)"
+    f" SELECT {{p}}, id, status, webhook, {{p}}, {{p}} FROM jobs"
+    f" WHERE id = {{p}} AND webhook IS NOT NULL AND status IN {FINAL_STATES}"
+    " ON CONFLICT (job_id, event) DO NOTHING"
+)
+#: Due events for one dispatcher: the claim pushes `next_attempt_at` out by the lease.
+DUE_WEBHOOKS = (
+    "SELECT event_id, job_id, event, url, attempts, created_at FROM webhook_events"
+    " WHERE state = 'pending' AND next_attempt_at <= {p} ORDER BY next_attempt_at LIMIT {p}"
+)
+RECORD_WEBHOOK = (
+    "UPDATE webhook_events SET state = {p}, attempts = attempts + 1, last_error = {p},"
+    " next_attempt_at = {p}, delivered_at = {p} WHERE event_id = {p} AND state = 'pending'"
+)
+JOB_WEBHOOK_STATUS = (
+    "UPDATE jobs SET webhook_status = {p}"
+    " WHERE id = (SELECT job_id FROM webhook_events WHERE event_id = {p})"
+)
+#: Ended jobs due for expiry: past the retention age, or temporary and past keep_until.
+EXPIRABLE = (
+    f"SELECT * FROM jobs WHERE status IN {FINAL_STATES} AND ("
+    " (keep_until IS NOT NULL AND keep_until < {p}) OR finished_at < {p})"
+    " ORDER BY finished_at LIMIT {p}"
+)
+
+EXPIRE = f"UPDATE jobs SET status = 'expired' WHERE id = {{p}} AND status IN {FINAL_STATES}"
+
+
+def webhook_event_args(job_id: int, now: float) -> tuple[Any, ...]:
+    """Arguments of WEBHOOK_EVENT: a fresh event id, kept for every retry of the event."""
+    return (f"msg_{uuid.uuid4().hex}", now, now, job_id)
+
+
+def webhook_record_args(
+    event_id: str, delivered: bool, error: str | None, retry_at: float | None, now: float
+) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """Arguments of RECORD_WEBHOOK and JOB_WEBHOOK_STATUS after one delivery attempt."""
+    if delivered:
+        state, status = "delivered", "delivered"
+    elif retry_at is not None:
+        state, status = "pending", "retrying"
+    else:
+        state, status = "failed", "failed"
+    event = (state, error, retry_at or now, now if delivered else None, event_id)
+    return event, (status, event_id)
+
+
 def job_from_row(row: Row) -> Job:
     return Job(
         id=row["id"],
@@ -85,4 +152,7 @@ def job_from_row(row: Row) -> Job:
         webhook=row["webhook"],
         track_id=row["track_id"],
         echo=json.loads(row["echo"]),
+        webhook_status=row["webhook_status"],
+        deadline_at=row["deadline_at"],
+        keep_until=row["keep_until"],
     )

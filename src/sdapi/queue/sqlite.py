@@ -9,27 +9,41 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from sdapi.database.sqlite import SQLiteDatabase
 from sdapi.jobs import Job, QueueStats
 from sdapi.queue.base import (
     ABANDONED_ERROR,
+    DEADLINE_ERROR,
     WORKER_STALE_S,
     Clock,
     NewJob,
+    WebhookEvent,
     WorkerInfo,
     blend_rate,
     learned_seconds,
+    split_expired,
 )
 from sdapi.queue.rows import (
     CANCEL_QUEUED,
+    DUE_WEBHOOKS,
+    EXPIRABLE,
+    EXPIRE,
     FAIL,
+    FAIL_LATE,
+    JOB_WEBHOOK_STATUS,
+    LATE_IDS,
+    RECORD_WEBHOOK,
+    SAME_TRACK,
     SUCCEED,
     TO_PROCESSING,
+    WEBHOOK_EVENT,
     insert_sql,
     insert_values,
     job_from_row,
+    webhook_event_args,
+    webhook_record_args,
 )
 
 #: How many queued jobs a claim looks at to gather a batch of compatible ones.
@@ -43,7 +57,13 @@ class SQLiteQueue:
         self.clock = clock
 
     def enqueue(self, new: NewJob) -> Job:
-        with self.db.write() as conn:
+        with self.db.write() as conn:  # the write lock makes check-then-insert atomic
+            if new.track_id is not None and new.dedupe_since is not None:
+                row = conn.execute(
+                    SAME_TRACK.format(p="?"), (new.owner, new.track_id, new.dedupe_since)
+                ).fetchone()
+                if row is not None:
+                    return job_from_row(row)
             cur = conn.execute(insert_sql("?"), insert_values(new, self.clock()))
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (cur.lastrowid,)).fetchone()
         return job_from_row(row)
@@ -89,6 +109,11 @@ class SQLiteQueue:
             ).fetchall()
         return [job_from_row(row) for row in claimed]
 
+    def _webhooks(self, conn: sqlite3.Connection, job_ids: Iterable[int], now: float) -> None:
+        """Outbox events for jobs that just ended, in the transaction that ended them."""
+        for job_id in job_ids:
+            conn.execute(WEBHOOK_EVENT.format(p="?"), webhook_event_args(job_id, now))
+
     def _has_work(self, now: float, model_sql: str, model_args: tuple[str, ...]) -> bool:
         row = (
             self.db.connection()
@@ -102,28 +127,34 @@ class SQLiteQueue:
         return row is not None
 
     def _reap_expired(self, conn: sqlite3.Connection, now: float) -> None:
-        """Expired leases: a job whose owner asked to cancel stays cancelled; fail jobs that
-        used up their attempts; requeue the others."""
-        expired = "status = 'processing' AND lease_expires_at < ?"
-        conn.execute(
-            f"UPDATE jobs SET status = 'cancelled', finished_at = ?, lease_id = NULL,"
-            f" lease_expires_at = NULL WHERE {expired} AND cancel_requested = 1",
-            (now, now),
-        )
-        for row in conn.execute(
-            f"SELECT id, attempts FROM jobs WHERE {expired} AND attempts >= ?",
-            (now, self.max_attempts),
-        ).fetchall():
-            conn.execute(
-                "UPDATE jobs SET status = 'failed', error = ?, finished_at = ?, lease_id = NULL,"
-                " lease_expires_at = NULL WHERE id = ?",
-                (ABANDONED_ERROR.format(attempts=row["attempts"]), now, row["id"]),
-            )
-        conn.execute(
-            f"UPDATE jobs SET status = 'queued', lease_id = NULL, lease_expires_at = NULL,"
-            f" worker_id = NULL, progress = 0 WHERE {expired}",
+        """Expired leases (see `split_expired`), then queued jobs past their deadline."""
+        rows = conn.execute(
+            "SELECT id, attempts, cancel_requested FROM jobs"
+            " WHERE status = 'processing' AND lease_expires_at < ?",
             (now,),
-        )
+        ).fetchall()
+        expired = split_expired([tuple(r) for r in rows], self.max_attempts)
+        released = "lease_id = NULL, lease_expires_at = NULL"
+        for job_id in expired.cancelled:
+            conn.execute(
+                f"UPDATE jobs SET status = 'cancelled', finished_at = ?, {released} WHERE id = ?",
+                (now, job_id),
+            )
+        for job_id, attempts in expired.abandoned:
+            conn.execute(
+                f"UPDATE jobs SET status = 'failed', error = ?, finished_at = ?, {released}"
+                " WHERE id = ?",
+                (ABANDONED_ERROR.format(attempts=attempts), now, job_id),
+            )
+        for job_id in expired.requeued:
+            conn.execute(
+                f"UPDATE jobs SET status = 'queued', {released}, worker_id = NULL, progress = 0"
+                " WHERE id = ?",
+                (job_id,),
+            )
+        late = [r[0] for r in conn.execute(LATE_IDS.format(p="?"), (now,))]
+        conn.execute(FAIL_LATE.format(p="?"), (now, DEADLINE_ERROR, now))
+        self._webhooks(conn, expired.ended + late, now)
 
     def heartbeat(self, lease_id: str, *, lease_s: float, progress: float | None = None) -> int:
         now = self.clock()
@@ -153,6 +184,7 @@ class SQLiteQueue:
             if cur.rowcount:
                 seconds = learned_seconds(generation_seconds, cost_seconds)
                 self._learn_rate(conn, job_id, seconds, call_rows, now)
+                self._webhooks(conn, [job_id], now)
         return cur.rowcount == 1
 
     def _learn_rate(
@@ -176,19 +208,18 @@ class SQLiteQueue:
             )
 
     def fail(self, job_id: int, lease_id: str, *, error: str) -> bool:
+        now = self.clock()
         with self.db.write() as conn:
-            cur = conn.execute(
-                FAIL.format(p="?"),
-                (self.clock(), error, job_id, lease_id),
-            )
+            cur = conn.execute(FAIL.format(p="?"), (now, error, job_id, lease_id))
+            if cur.rowcount:
+                self._webhooks(conn, [job_id], now)
         return cur.rowcount == 1
 
     def cancel(self, job_id: int) -> Job | None:
+        now = self.clock()
         with self.db.write() as conn:
-            conn.execute(
-                CANCEL_QUEUED.format(p="?"),
-                (self.clock(), job_id),
-            )
+            if conn.execute(CANCEL_QUEUED.format(p="?"), (now, job_id)).rowcount:
+                self._webhooks(conn, [job_id], now)
             conn.execute(
                 "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'processing'",
                 (job_id,),
@@ -201,13 +232,15 @@ class SQLiteQueue:
         conn = self.db.connection()
         if conn.execute(f"SELECT 1 FROM jobs WHERE {held}", (lease_id,)).fetchone() is None:
             return []  # the common case stays a read: no write lock every second
+        now = self.clock()
         with self.db.write() as conn:
             ids = [r[0] for r in conn.execute(f"SELECT id FROM jobs WHERE {held}", (lease_id,))]
             conn.execute(
                 f"UPDATE jobs SET status = 'cancelled', finished_at = ?, lease_id = NULL,"
                 f" lease_expires_at = NULL WHERE {held}",
-                (self.clock(), lease_id),
+                (now, lease_id),
             )
+            self._webhooks(conn, ids, now)
         return sorted(ids)
 
     def position(self, job_id: int) -> tuple[int, float] | None:
@@ -262,6 +295,43 @@ class SQLiteQueue:
     def wait_for_work(self, timeout: float) -> None:
         # SQLite cannot signal another process; the idle claim is a cheap indexed read.
         time.sleep(timeout)
+
+    def claim_webhooks(self, *, limit: int, lease_s: float) -> list[WebhookEvent]:
+        now = self.clock()
+        conn = self.db.connection()
+        if conn.execute(DUE_WEBHOOKS.format(p="?"), (now, 1)).fetchone() is None:
+            return []  # nothing due: stay a read, as idle claims do
+        with self.db.write() as conn:
+            rows = conn.execute(DUE_WEBHOOKS.format(p="?"), (now, limit)).fetchall()
+            events = [WebhookEvent(*row) for row in rows]
+            for event in events:
+                conn.execute(
+                    "UPDATE webhook_events SET next_attempt_at = ? WHERE event_id = ?",
+                    (now + lease_s, event.event_id),
+                )
+        return events
+
+    def record_webhook(
+        self, event_id: str, *, delivered: bool, error: str | None = None, retry_at: float | None
+    ) -> None:
+        event, job = webhook_record_args(event_id, delivered, error, retry_at, self.clock())
+        with self.db.write() as conn:
+            if conn.execute(RECORD_WEBHOOK.format(p="?"), event).rowcount:
+                conn.execute(JOB_WEBHOOK_STATUS.format(p="?"), job)
+
+    def expirable(self, *, finished_before: float | None, limit: int) -> list[Job]:
+        cutoff = -1.0 if finished_before is None else finished_before
+        rows = (
+            self.db.connection()
+            .execute(EXPIRABLE.format(p="?"), (self.clock(), cutoff, limit))
+            .fetchall()
+        )
+        return [job_from_row(row) for row in rows]
+
+    def expire(self, job_ids: Sequence[int]) -> None:
+        with self.db.write() as conn:
+            for job_id in job_ids:
+                conn.execute(EXPIRE.format(p="?"), (job_id,))
 
     def register_worker(self, info: WorkerInfo) -> None:
         now = self.clock()
