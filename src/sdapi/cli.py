@@ -91,6 +91,31 @@ OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
         "max_attempts",
         {"type": int, "help": "A job whose worker died this often fails."},
     ),
+    "--webhook-secret": (
+        "webhook_secret",
+        {"help": "whsec_ secret that signs webhooks (default: generated in the data dir)."},
+    ),
+    "--webhook-retry": (
+        "webhook_retry",
+        {"type": float, "help": "Seconds before the first webhook retry (then x4 each time)."},
+    ),
+    "--webhook-retry-window": (
+        "webhook_retry_window",
+        {"help": "How long failed webhooks are retried (e.g. 24h)."},
+    ),
+    "--retention": (
+        "retention",
+        {"help": "Remove outputs this long after their job ended (e.g. 7d; 0 = keep)."},
+    ),
+    "--temp-ttl": ("temp_ttl", {"help": 'How long temp: "yes" links work (default 24h).'}),
+    "--job-deadline": (
+        "job_deadline",
+        {"help": "Fail jobs still queued this long after submission (0 = no limit)."},
+    ),
+    "--track-id-window": (
+        "track_id_window",
+        {"help": "A repeated track_id within this window returns the first job (0 = off)."},
+    ),
     "--log-level": ("log_level", {"help": "debug, info, warning or error."}),
 }
 #: Where the shared state lives: what every process of one deployment must agree on.
@@ -151,6 +176,7 @@ def serve(**flags: Any) -> None:
     from sdapi.api.app import create_app
     from sdapi.backends import open_backends
     from sdapi.engine.models import check_model_ref
+    from sdapi.webhooks.secret import server_secret
     from sdapi.worker.process import WorkerSupervisor
 
     settings = load_settings(flags)
@@ -159,6 +185,7 @@ def serve(**flags: Any) -> None:
         for model in settings.model:
             _or_exit(check_model_ref, model)
     backends = _or_exit(open_backends, settings)
+    _or_exit(server_secret, settings)  # a bad --webhook-secret stops here, in one line
     _first_key(backends.keys)
     supervisor = WorkerSupervisor(settings, settings.workers)
     supervisor.start()
@@ -173,6 +200,20 @@ def serve(**flags: Any) -> None:
     finally:
         supervisor.stop()
         backends.close()
+
+
+@main.group()
+def webhooks() -> None:
+    """Webhook signing."""
+
+
+@webhooks.command("secret")
+@settings_options("--data-dir", "--webhook-secret")
+def webhook_secret(**flags: Any) -> None:
+    """Print the secret webhooks are signed with (receivers verify with it)."""
+    from sdapi.webhooks.secret import server_secret
+
+    print(_or_exit(server_secret, load_settings(flags)))
 
 
 @main.command()

@@ -58,6 +58,12 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def encode_output(name: str, image: Image.Image) -> bytes:
+    """An output in the form its name asks for: PNG, or (`.base64`) the PNG as base64 text."""
+    png = encode_png(image)
+    return base64.b64encode(png) if name.endswith(".base64") else png
+
+
 def _input_bytes(value: str, policy: UrlPolicy, field: str) -> bytes:
     """The raw image bytes behind a URL, a data URI or bare base64."""
     text = value.strip() if isinstance(value, str) else ""

@@ -16,6 +16,19 @@ DEFAULT_MODEL = "sdapi-tiny"
 DEFAULT_LEASE_S = 30.0
 #: How long a generation call waits for its job before answering `processing` (spec: sync window).
 DEFAULT_SYNC_TIMEOUT_S = 10.0
+DAY_S = 24 * 3600.0
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `90`, `90s`, `15m`, `12h` or `7d`; ValueError (a settings error) otherwise."""
+    text = text.strip().lower()
+    unit = _UNITS.get(text[-1:])
+    number = text[:-1] if unit else text
+    try:
+        return float(number) * (unit or 1)
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 90, 30s, 15m, 12h, 7d)") from None
 
 
 class Settings(BaseSettings):
@@ -67,6 +80,25 @@ class Settings(BaseSettings):
     allow_hosts: Annotated[tuple[str, ...], NoDecode] = ()
     #: Answer application errors with HTTP 4xx instead of the wire's HTTP 200 + status "error".
     http_errors: bool = False
+    #: Signs webhooks (Standard Webhooks, `whsec_...`); empty: one generated and kept in
+    #: `<data_dir>/webhook_secret`. Set the same one on every API replica.
+    webhook_secret: str = ""
+    #: A failed webhook is retried after this many seconds, then 4x longer each time (at most
+    #: an hour apart) ...
+    webhook_retry: float = Field(default=5.0, gt=0)
+    #: ... until this long after the job ended (durations: 90, 30s, 15m, 12h, 7d).
+    webhook_retry_window: float = Field(default=DAY_S, ge=0)
+    #: Outputs (and inputs) are removed this long after their job ended, which then fetches as
+    #: expired; 0 keeps them forever.
+    retention: float = Field(default=0, ge=0)
+    #: How long `temp: "yes"` links work (the spec's 24 hours).
+    temp_ttl: float = Field(default=DAY_S, gt=0)
+    #: A job still queued this long after submission fails instead of starting; 0 = no limit.
+    #: A request's own `deadline` (seconds) may ask for less.
+    job_deadline: float = Field(default=0, ge=0)
+    #: A request repeating a track_id under the same key within this window gets the first
+    #: job instead of a new one; 0 turns this off.
+    track_id_window: float = Field(default=DAY_S, ge=0)
     max_width: int = Field(default=1024, ge=64)
     max_height: int = Field(default=1024, ge=64)
     max_steps: int = Field(default=50, ge=1)
@@ -79,6 +111,14 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator(
+        "webhook_retry_window", "retention", "temp_ttl", "job_deadline", "track_id_window",
+        mode="before",
+    )  # fmt: skip
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
 
     @field_validator("model")
     @classmethod

@@ -37,7 +37,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     data_dir = tmp_path_factory.mktemp("served")
     key, other = create_key(data_dir, "a"), create_key(data_dir, "b")
     # Loopback is refused for image URLs unless allowed: that is how the tests reach their host.
-    server = Server(data_dir, free_port(), ("--sync-timeout", "60", "--allow-host", "127.0.0.1"))
+    # Loopback also receives the tests' webhooks; retries start a second after a failure.
+    args = ("--sync-timeout", "60", "--allow-host", "127.0.0.1", "--webhook-retry", "1")
+    server = Server(data_dir, free_port(), args)
     server.start()
     with httpx.Client(base_url=server.url, timeout=120) as http:
         yield Served(server, key, other, http)

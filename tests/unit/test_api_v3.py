@@ -22,6 +22,7 @@ from sdapi.errors import INVALID_KEY_TIP
 from sdapi.queue.memory import MemoryQueue
 from sdapi.settings import Settings
 from sdapi.storage.memory import MemoryStore
+from sdapi.webhooks import generate_secret
 from sdapi.worker.runner import Worker
 from tests.helpers import FakeEngine
 
@@ -47,6 +48,8 @@ class Server:
 
 
 def start_server(settings: Settings, *, worker: bool) -> Iterator[Server]:
+    # A secret of its own, so the app never writes one into a data directory.
+    settings = settings.model_copy(update={"webhook_secret": generate_secret()})
     keys = MemoryKeyStore()
     backends = Backends(MemoryQueue(), keys, MemoryStore())
     _, key = keys.create("a")

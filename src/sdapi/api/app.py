@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from sdapi import __version__
 from sdapi.api import errors, files, health
+from sdapi.api.housekeeping import start_housekeeping
 from sdapi.api.state import AppState
 from sdapi.api.submissions import Submissions
 from sdapi.api.v3 import routes as v3
@@ -22,7 +23,11 @@ Every call is a POST with the API key in the body (`key`), a `key` header or
 `Authorization: Bearer`. Bodies may be JSON or form data; numbers may be strings and flags
 "yes"/"no". Application errors answer HTTP 200 with `status: "error"` (as the real API does)
 unless the server runs with `--http-errors`. Job statuses on the wire: `success`, `processing`,
-`error`, `failed`.
+`error`, `failed`, and `cancelled` (sdapi's cancel). A job whose outputs were removed by
+retention fetches as `error` with `state: "expired"`.
+
+Webhooks are signed per Standard Webhooks (`webhook-id`, `webhook-timestamp`,
+`webhook-signature`); `sdapi.webhooks.verify` checks one.
 """
 
 
@@ -34,9 +39,11 @@ def create_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
         opened = backends or open_backends(settings)
         policy = UrlPolicy.from_entries(settings.allow_hosts)
         app.state.sdapi = AppState(settings, opened, Submissions(settings, opened, policy))
+        stop_housekeeping = start_housekeeping(settings, opened)
         try:
             yield
         finally:
+            stop_housekeeping()
             if backends is None:
                 opened.close()
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, HTTPException
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
 from sdapi.api.state import state_of
+from sdapi.storage.base import content_type, is_valid_name, temp_expiry
 
 router = APIRouter(tags=["images"])
 
@@ -16,15 +19,26 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 
 
 async def _serve(request: Request, name: str) -> Response:
+    if not is_valid_name(name):
+        raise HTTPException(404, "Image not found")
+    expiry = temp_expiry(name)
+    if expiry is not None and expiry <= time.time():  # gone now, whenever the sweep runs
+        raise HTTPException(410, "This temporary link has expired")
     data = await run_in_threadpool(state_of(request).backends.images.get, name)
     if data is None:
         raise HTTPException(404, "Image not found")
-    return Response(data, media_type="image/png", headers={"Cache-Control": IMMUTABLE})
+    cache = IMMUTABLE if expiry is None else f"public, max-age={int(expiry - time.time())}"
+    return Response(data, media_type=content_type(name), headers={"Cache-Control": cache})
 
 
 @router.get("/generations/{file}", summary="A generated image")
 async def generation(request: Request, file: str) -> Response:
     return await _serve(request, f"generations/{file}")
+
+
+@router.get("/temp/{file}", summary="A generated image behind a temporary link")
+async def temp_generation(request: Request, file: str) -> Response:
+    return await _serve(request, f"temp/{file}")
 
 
 @router.get("/inputs/{file}", summary="A stored copy of an input image")

@@ -10,14 +10,16 @@ import asyncio
 import secrets
 import time
 import uuid
+from collections.abc import Iterable
 
 from sdapi.api.v3.protocol import GenerationParams
 from sdapi.auth.keys import ApiKey
 from sdapi.backends import Backends
+from sdapi.errors import UnsafeUrl, ValidationFailed
 from sdapi.images import encode_png, load_image_input
 from sdapi.jobs import GenerationRequest, Job, Task
 from sdapi.queue.base import NewJob
-from sdapi.safeurl import UrlPolicy
+from sdapi.safeurl import UrlPolicy, parse_url, vet_literal
 from sdapi.settings import Settings
 
 #: Seeds picked for the client stay in the 32-bit range the real API shows.
@@ -27,22 +29,54 @@ FIRST_POLL_S = 0.02
 MAX_POLL_S = 0.25
 
 
+def output_names(
+    prefix: str, samples: int, base64: bool, keep_until: float | None
+) -> tuple[str, ...]:
+    """Output names fixed at submit time; temporary ones carry the time their links end."""
+    ext = "base64" if base64 else "png"
+    folder = "generations" if keep_until is None else f"temp/{int(keep_until)}"
+    sep = "/" if keep_until is None else "-"
+    return tuple(f"{folder}{sep}{prefix}-{i}.{ext}" for i in range(samples))
+
+
 class Submissions:
     def __init__(self, settings: Settings, backends: Backends, policy: UrlPolicy) -> None:
         self.settings = settings
         self.backends = backends
         self.policy = policy
 
-    def create(self, owner: ApiKey, task: Task, params: GenerationParams) -> Job:
-        """Store the inputs and enqueue the job (blocking: fetches URLs, writes files)."""
+    def create(self, owner: ApiKey, task: Task, params: GenerationParams, base_url: str) -> Job:
+        """Store the inputs and enqueue the job (blocking: fetches URLs, writes files).
+
+        A repeated track_id (within `--track-id-window`) answers the first job; the inputs this
+        request stored are then removed again.
+        """
+        if params.webhook is not None:
+            self._check_webhook(params.webhook)
         prefix = str(uuid.uuid4())
         stored = self._store_inputs(prefix, params)
         try:
-            return self.backends.queue.enqueue(self._new_job(owner, task, params, prefix, stored))
+            new = self._new_job(owner, task, params, prefix, stored)
+            job = self.backends.queue.enqueue(new.with_echo(base_url=base_url))
         except BaseException:
-            for name in stored.values():
-                self.backends.images.delete(name)
+            self._drop(stored.values())
             raise
+        if job.output_names != new.output_names:
+            self._drop(stored.values())
+        return job
+
+    def _drop(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.backends.images.delete(name)
+
+    def _check_webhook(self, url: str) -> None:
+        """Refuse at once what can never be delivered; names are checked again when sending."""
+        try:
+            vet_literal(parse_url(url).host, self.policy)
+        except UnsafeUrl as exc:
+            raise ValidationFailed.one(
+                "webhook", f"The webhook URL is not allowed: {exc.detail}."
+            ) from None
 
     def _store_inputs(self, prefix: str, params: GenerationParams) -> dict[str, str]:
         """Fetch or decode each input image and keep a PNG copy; the worker reads only these."""
@@ -64,6 +98,7 @@ class Submissions:
         prefix: str,
         stored: dict[str, str],
     ) -> NewJob:
+        now = time.time()
         seed = params.seed if params.seed is not None else secrets.randbelow(RANDOM_SEED_RANGE)
         request = GenerationRequest(
             task=task,
@@ -86,14 +121,23 @@ class Submissions:
             value = getattr(params, field)
             if value.startswith(("http://", "https://")):
                 echo[field] = value
+        keep_until = now + self.settings.temp_ttl if params.temp else None
         return NewJob(
             owner=owner.id,
             request=request,
-            output_names=tuple(f"generations/{prefix}-{i}.png" for i in range(params.samples)),
+            output_names=output_names(prefix, params.samples, params.base64, keep_until),
             webhook=params.webhook,
             track_id=params.track_id,
             echo=echo,
+            deadline_at=self._deadline(params, now),
+            keep_until=keep_until,
+            dedupe_since=now - window if (window := self.settings.track_id_window) else None,
         )
+
+    def _deadline(self, params: GenerationParams, now: float) -> float | None:
+        """The sooner of the request's own deadline and the server's, if either is set."""
+        limits = [d for d in (params.deadline, self.settings.job_deadline) if d]
+        return now + min(limits) if limits else None
 
     async def wait(self, job: Job, timeout: float) -> Job:
         """The job once it has ended, or as it stands when `timeout` seconds have passed."""

@@ -12,7 +12,7 @@ Guarantees every backend gives (tests/contract/test_queue.py checks them on each
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from sdapi.jobs import GenerationRequest, Job, QueueStats, Task
@@ -44,6 +44,9 @@ class NewJob:
     @property
     def webhook_status(self) -> str:
         return "pending" if self.webhook else ""
+
+    def with_echo(self, **more: Any) -> NewJob:
+        return replace(self, echo={**self.echo, **more})
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,15 @@ to httpcore through a network backend that checks the address it is about to con
 from __future__ import annotations
 
 from sdapi.safeurl.fetch import FetchResult, fetch
-from sdapi.safeurl.policy import UrlPolicy, refusal_reason, vet_addresses
+from sdapi.safeurl.policy import UrlPolicy, refusal_reason, vet_addresses, vet_literal
 from sdapi.safeurl.urls import parse_url
 
-__all__ = ["FetchResult", "UrlPolicy", "fetch", "parse_url", "refusal_reason", "vet_addresses"]
+__all__ = [
+    "FetchResult",
+    "UrlPolicy",
+    "fetch",
+    "parse_url",
+    "refusal_reason",
+    "vet_addresses",
+    "vet_literal",
+]

@@ -217,6 +217,13 @@ def resolve(host: str, port: int, timeout: float) -> list[IPAddress]:
     return addresses
 
 
+def vet_literal(host: str, policy: UrlPolicy) -> None:
+    """Refuse now a host that is a disallowed IP literal (a name is checked when connecting)."""
+    literal = _literal_address(host)
+    if literal is not None:
+        vet_addresses(host, [literal], policy)
+
+
 def vet_addresses(host: str, addresses: list[IPAddress], policy: UrlPolicy) -> None:
     """Raise UnsafeUrl unless every address of `host` may be reached under `policy`."""
     if not addresses:

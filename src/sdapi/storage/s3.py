@@ -34,7 +34,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from sdapi.errors import ConfigurationError, StorageError
-from sdapi.storage.base import is_valid_name
+from sdapi.storage.base import content_type, is_valid_name
 
 #: How an operator sets the credentials, for error messages.
 CREDENTIAL_SETTINGS = (
@@ -188,7 +188,7 @@ class S3Store:
                 Bucket=self.location.bucket,
                 Key=key,
                 Body=data,
-                ContentType="image/png",
+                ContentType=content_type(name),
                 CacheControl=CACHE_CONTROL,
             )
         except (BotoCoreError, ClientError) as exc:

@@ -14,8 +14,11 @@ import secrets
 from pathlib import Path
 
 from sdapi.errors import ConfigurationError
+from sdapi.settings import Settings
 from sdapi.webhooks.signing import generate_secret, parse_secret
 
+#: The file in the data directory that holds the secret when none is configured.
+SECRET_FILE = "webhook_secret"
 #: Owner read/write only: the secret lets anyone forge deliveries.
 SECRET_FILE_MODE = 0o600
 
@@ -98,3 +101,14 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def server_secret(settings: Settings) -> str:
+    """The configured secret (validated), else the one kept in the data directory."""
+    if settings.webhook_secret:
+        try:
+            parse_secret(settings.webhook_secret)
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid --webhook-secret: {exc}") from exc
+        return settings.webhook_secret.strip()
+    return load_or_create_secret(settings.data_dir / SECRET_FILE)

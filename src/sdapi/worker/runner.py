@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sdapi.batching import plan_calls, rows_for
 from sdapi.engine.cache import EngineCache
 from sdapi.errors import DatabaseUnavailable, SdapiError
-from sdapi.images import encode_png
+from sdapi.images import encode_output
 from sdapi.jobs import GenerationRequest, Job
 from sdapi.queue.base import JobQueue, WorkerInfo
 from sdapi.storage.base import ImageStore
@@ -210,7 +210,7 @@ class Worker:
             return False
         try:
             for name, image in zip(job.output_names, images, strict=True):
-                self.images.put(name, encode_png(image))
+                self.images.put(name, encode_output(name, image))
         except Exception as exc:
             self._fail(job, exc)
             return False

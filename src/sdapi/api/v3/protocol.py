@@ -22,6 +22,7 @@ FAILED_MESSAGE = "Failed, Try Again"
 CANCELLED_MESSAGE = "Request cancelled"
 CANCELLING_MESSAGE = "Cancellation requested: the job stops at its next step"
 TOO_LATE_MESSAGE = "Request already finished"
+EXPIRED_MESSAGE = "Request expired: its images were removed at the end of their retention period"
 
 MAX_SAMPLES = 4
 MAX_PROMPT_CHARS = 5000
@@ -49,6 +50,12 @@ class GenerationParams:
     instant_response: bool
     #: A served model named by the client; None means the house model.
     model_id: str | None
+    #: Outputs as base64 text (links whose body is the PNG in base64), as the spec describes.
+    base64: bool = False
+    #: Links that stop working after `--temp-ttl` (the spec's 24 hours).
+    temp: bool = False
+    #: sdapi: seconds the job may wait in line before it fails instead of starting.
+    deadline: float | None = None
 
 
 def generation_fields(settings: Settings, task: Task) -> list[Field]:
@@ -161,6 +168,25 @@ def generation_fields(settings: Settings, task: Task) -> list[Field]:
             "flag",
             default=False,
             description="Answer `processing` at once instead of waiting for the image.",
+        ),
+        Field(
+            "base64",
+            "flag",
+            default=False,
+            description="Output links serve the PNG as base64 text instead of image bytes.",
+        ),
+        Field(
+            "temp",
+            "flag",
+            default=False,
+            description="Output links stop working after 24 hours (the server's --temp-ttl).",
+        ),
+        Field(
+            "deadline",
+            "float",
+            minimum=1,
+            maximum=7 * 24 * 3600,
+            description="sdapi: seconds the job may wait in line; still queued then, it fails.",
         ),
     ]
 

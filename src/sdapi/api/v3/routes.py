@@ -33,13 +33,12 @@ async def _caller(request: Request) -> tuple[AppState, dict[str, Any], ApiKey]:
 async def _generate(request: Request, task: Task) -> dict[str, Any]:
     state, body, key = await _caller(request)
     params = read_generation(body, state.settings, task)
-    job = await run_in_threadpool(state.submissions.create, key, task, params)
+    base_url = state.base_url(request)
+    job = await run_in_threadpool(state.submissions.create, key, task, params, base_url)
     timeout = 0.0 if params.instant_response else state.settings.sync_timeout
     job = await state.submissions.wait(job, timeout)
     wait = await run_in_threadpool(wait_for, state.backends.queue, job)
-    return translate.submitted(
-        job, wait.eta, translate.Links(state.base_url(request), state.backends.images)
-    )
+    return translate.submitted(job, wait.eta, translate.Links(base_url, state.backends.images))
 
 
 def _body_doc(task: Task) -> dict[str, Any]:

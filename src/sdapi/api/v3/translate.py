@@ -13,6 +13,7 @@ from typing import Any
 from sdapi.api.v3.protocol import (
     CANCELLED_MESSAGE,
     CANCELLING_MESSAGE,
+    EXPIRED_MESSAGE,
     FAILED_MESSAGE,
     FETCH_PROCESSING_MESSAGE,
     FETCH_PROCESSING_TIP,
@@ -59,6 +60,8 @@ def meta(job: Job, links: Links) -> dict[str, Any]:
         # Both spellings: typed clients read one or the other (spec 11.4). No checker ran.
         "safetychecker": "no",
         "safety_checker": "no",
+        "base64": _yes_no(any(n.endswith(".base64") for n in job.output_names)),
+        "temp": _yes_no(job.keep_until is not None),
     }
     if r.task is not Task.TEXT2IMG:
         data["strength"] = r.strength
@@ -70,6 +73,10 @@ def meta(job: Job, links: Links) -> dict[str, Any]:
     if job.webhook is not None:
         data["webhook"] = job.webhook
     return data
+
+
+def _yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
 
 
 def _echo_image(job: Job, links: Links, field: str, stored: str | None) -> str | None:
@@ -91,7 +98,7 @@ def submitted(job: Job, eta: float, links: Links) -> dict[str, Any]:
             "id": job.id,
             "output": [],
             "meta": meta(job, links),
-            "webhook_status": "",
+            "webhook_status": job.webhook_status,
             "future_links": links.outputs(job),
         }
     return fetched(job, eta, links, position=None)
@@ -107,9 +114,12 @@ def fetched(job: Job, eta: float, links: Links, *, position: int | None) -> dict
             "output": links.outputs(job),
             "meta": meta(job, links),
             "future_links": links.outputs(job),
+            "webhook_status": job.webhook_status,
         }
     if job.status is JobStatus.CANCELLED:
         return cancelled(job)
+    if job.status is JobStatus.EXPIRED:
+        return expired(job)
     if job.status.is_terminal:
         return failed(job)
     answer: dict[str, Any] = {
@@ -123,6 +133,7 @@ def fetched(job: Job, eta: float, links: Links, *, position: int | None) -> dict
         "future_links": links.outputs(job),
         # Beyond v3: where the job stands (issue: honest waiting). Extra fields break no client.
         "progress": round(job.progress, 3),
+        "webhook_status": job.webhook_status,
     }
     if position is not None:
         answer["queue_position"] = position
@@ -138,7 +149,26 @@ def cancelled(job: Job) -> dict[str, Any]:
         "message": CANCELLED_MESSAGE,
         "messege": CANCELLED_MESSAGE,
         "output": [],
+        "webhook_status": job.webhook_status,
     }
+
+
+def expired(job: Job) -> dict[str, Any]:
+    # An error, so clients that poll until success or error stop; its own text and `state`, so
+    # nobody takes it for an unknown id or a failure worth retrying.
+    return {
+        "status": "error",
+        "id": job.id,
+        "message": EXPIRED_MESSAGE,
+        "messege": EXPIRED_MESSAGE,
+        "output": [],
+        "state": "expired",
+    }
+
+
+def webhook_body(job: Job, links: Links) -> dict[str, Any]:
+    """What a webhook POSTs (spec 12): the job's fetch answer with `track_id` beside it."""
+    return {**fetched(job, 0.0, links, position=None), "track_id": job.track_id}
 
 
 def cancel_answer(job: Job) -> dict[str, Any]:
@@ -168,4 +198,5 @@ def failed(job: Job) -> dict[str, Any]:
         "output": [],
         # The reason, beside the exact wire text.
         "error": job.error or f"the job ended as {job.status}",
+        "webhook_status": job.webhook_status,
     }
