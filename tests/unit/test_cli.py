@@ -83,3 +83,13 @@ def test_serve_refuses_a_model_path_that_does_not_exist(runner: CliRunner, tmp_p
     )
     assert result.exit_code == 2
     assert result.stderr.strip() == f"sdapi: model path {tmp_path / 'no-such-model'} does not exist"
+
+
+def test_webhook_secret_is_generated_once_and_kept(runner: CliRunner, tmp_path: Path) -> None:
+    data = ["--data-dir", str(tmp_path)]
+    first = runner.invoke(main, ["webhooks", "secret", *data])
+    assert first.exit_code == 0 and first.stdout.startswith("whsec_")
+    assert (tmp_path / "webhook_secret").stat().st_mode & 0o777 == 0o600
+    assert runner.invoke(main, ["webhooks", "secret", *data]).stdout == first.stdout
+    given = runner.invoke(main, ["webhooks", "secret", *data, "--webhook-secret", "whsec_bad"])
+    assert given.exit_code == 2 and given.stderr.startswith("sdapi: invalid --webhook-secret")
