@@ -35,6 +35,8 @@ from sdapi.settings import Settings
 from tests.helpers import make_request
 
 LEASE = 30.0
+#: Every migration, in order: a fresh database gets them all.
+MIGRATIONS = ["0001_initial.sql", "0002_delivery.sql"]
 
 
 @pytest.fixture
@@ -81,8 +83,10 @@ def test_migrations_apply_once_and_are_recorded(postgres_url: str) -> None:
                 "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
             )
         }
-    assert names == ["0001_initial.sql"]
-    assert tables == {"schema_migrations", "api_keys", "jobs", "workers", "rates"}
+    assert names == MIGRATIONS
+    assert tables == {
+        "schema_migrations", "api_keys", "jobs", "workers", "rates", "webhook_events"
+    }  # fmt: skip
 
 
 def test_concurrent_starters_apply_migrations_exactly_once(postgres_url: str) -> None:
@@ -106,9 +110,11 @@ def test_concurrent_starters_apply_migrations_exactly_once(postgres_url: str) ->
     for db in starters:
         db.close()
     assert errors == []
-    assert sorted(results) == [[]] * 5 + [["0001_initial.sql"]]
+    assert sorted(results) == [[]] * 5 + [MIGRATIONS]
     with admin(postgres_url) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM schema_migrations").fetchone() == (1,)
+        assert conn.execute("SELECT COUNT(*) FROM schema_migrations").fetchone() == (
+            len(MIGRATIONS),
+        )
 
 
 def test_sdapi_migrate_from_several_processes_at_once(postgres_url: str, tmp_path: Path) -> None:
@@ -120,7 +126,9 @@ def test_sdapi_migrate_from_several_processes_at_once(postgres_url: str, tmp_pat
     outcomes = [(p.wait(60), *(s.decode() for s in p.communicate())) for p in procs]
     assert [(rc, out.strip()) for rc, out, _ in outcomes] == [(0, "database is up to date")] * 3
     with admin(postgres_url) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM schema_migrations").fetchone() == (1,)
+        assert conn.execute("SELECT COUNT(*) FROM schema_migrations").fetchone() == (
+            len(MIGRATIONS),
+        )
 
 
 # Durability and ids -----------------------------------------------------------------------------
