@@ -167,3 +167,11 @@ def test_expiry_by_age_and_by_keep_until(queue: JobQueue, clock: FakeClock) -> N
         JobStatus.PROCESSING,
     ]
     assert queue.expirable(finished_before=clock(), limit=10) == [queue.get(fresh)]
+
+
+def test_running_lists_the_jobs_being_generated(queue: JobQueue) -> None:
+    a, b, queued = submit(queue), submit(queue), submit(queue)
+    queue.claim("w1", lease_s=LEASE, limit=2)
+    assert [j.id for j in queue.running(limit=10)] == [a, b]
+    assert [j.id for j in queue.running(limit=1)] == [a]
+    assert queued not in [j.id for j in queue.running(limit=10)]

@@ -108,6 +108,26 @@ def test_a_receiver_that_is_down_gets_the_webhook_once_it_is_up(
         receiver.stop()
 
 
+def test_progress_events_arrive_while_the_job_runs(
+    served: Served, receiver: Receiver, secret: str
+) -> None:
+    hook = f"{receiver.url}/progress"
+    body = {"prompt": "slow", "width": 512, "height": 512, "num_inference_steps": 20}
+    answer = served.post(
+        "/api/v3/text2img", {**body, "webhook": hook, "webhook_progress": "yes", "track_id": "p"}
+    )
+    assert answer["status"] == "success"
+    wait_webhook_status(served, answer["id"], "delivered")
+    time.sleep(0.5)  # a progress POST still in flight lands (they are never retried)
+    events = [verified(d, secret) for d in receiver.to("/progress")]
+    final = next(e for e in events if e["status"] == "success")
+    running = [e for e in events if e is not final]
+    assert final["status"] == "success" and final["track_id"] == "p"
+    assert running and all(e["status"] == "processing" and e["id"] == answer["id"] for e in running)
+    progress = [e["progress"] for e in running]
+    assert progress == sorted(progress) and all(0 <= p < 1 for p in progress)
+
+
 def test_cancel_and_deadline_send_their_webhooks(
     served: Served, receiver: Receiver, secret: str
 ) -> None:

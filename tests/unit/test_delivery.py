@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from sdapi.storage.base import content_type, is_valid_name, temp_expiry
 from sdapi.storage.memory import MemoryStore
 from sdapi.webhooks import generate_secret, verify
 from sdapi.webhooks.dispatcher import RetryPolicy, WebhookDispatcher, webhook_policy
+from sdapi.webhooks.progress import ProgressNotifier
 from tests.helpers import FakeClock, make_request
 
 HOOK = "https://receiver.example/hook"
@@ -151,3 +153,32 @@ def test_durations_read_as_seconds() -> None:
     assert Settings(retention="2d").retention == 172800
     with pytest.raises(ValueError, match="not a duration"):
         Settings(retention="forever")
+
+
+def test_progress_events_are_throttled_signed_and_only_for_jobs_that_asked(
+    clock: FakeClock,
+) -> None:
+    queue, send, secret = MemoryQueue(clock=clock), FakeSend(), generate_secret()
+    asked = queue.enqueue(
+        NewJob("k", make_request(), ("generations/a-0.png",), webhook=HOOK, track_id="t",
+               echo={"webhook_progress": True})
+    )  # fmt: skip
+    queue.enqueue(NewJob("k", make_request(), ("generations/b-0.png",), webhook=HOOK))
+    [job, _] = queue.claim("w", lease_s=30, limit=2)
+    notifier = ProgressNotifier(queue, secret, (), clock=clock, send=send)
+
+    def step_at(progress: float) -> None:
+        queue.heartbeat(job.lease_id or "", lease_s=30, progress=progress)
+        notifier.step()
+        deadline = time.monotonic() + 2
+        while notifier._busy and time.monotonic() < deadline:  # the POST runs in a thread
+            time.sleep(0.01)
+
+    for progress in (0.05, 0.1, 0.3):
+        step_at(progress)
+    sent = [verify(c["body"], c["headers"], secret, now=clock()) for c in send.calls]
+    assert sent == [
+        {"status": "processing", "id": asked.id, "progress": p, "track_id": "t"}
+        for p in (0.05, 0.3)  # 0.1 was too small a step after 0.05
+    ]
+    assert len({c["headers"]["webhook-id"] for c in send.calls}) == 2

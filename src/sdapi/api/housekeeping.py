@@ -15,6 +15,7 @@ from sdapi.jobs import Job
 from sdapi.retention import RetentionSweeper
 from sdapi.settings import Settings
 from sdapi.webhooks.dispatcher import RetryPolicy, WebhookDispatcher, webhook_policy
+from sdapi.webhooks.progress import ProgressNotifier
 from sdapi.webhooks.secret import server_secret
 
 
@@ -30,25 +31,28 @@ def webhook_renderer(settings: Settings, backends: Backends) -> Callable[[Job], 
 
 
 def start_housekeeping(settings: Settings, backends: Backends) -> Callable[[], None]:
-    """Start the dispatcher and the sweeper; returns what stops them."""
+    """Start the dispatcher, the progress notifier and the sweeper; returns what stops them."""
+    secret = server_secret(settings)
     dispatcher = WebhookDispatcher(
         backends.queue,
         webhook_renderer(settings, backends),
-        server_secret(settings),
+        secret,
         webhook_policy(settings.allow_hosts),
         retry=RetryPolicy(settings.webhook_retry, settings.webhook_retry_window),
     )
+    progress = ProgressNotifier(backends.queue, secret, settings.allow_hosts)
     sweeper = RetentionSweeper(
         backends.queue,
         backends.images,
         retention_s=settings.retention,
         temp_ttl_s=settings.temp_ttl,
     )
-    dispatcher.start()
-    sweeper.start()
+    services = (dispatcher, progress, sweeper)
+    for service in services:
+        service.start()
 
     def stop() -> None:
-        sweeper.stop()
-        dispatcher.stop()
+        for service in services:
+            service.stop()
 
     return stop

@@ -116,7 +116,9 @@ class Submissions:
             init_image=stored.get("init_image"),
             mask_image=stored.get("mask_image"),
         )
-        echo = {"file_prefix": prefix}
+        echo: dict[str, object] = {"file_prefix": prefix}
+        if params.webhook_progress:
+            echo["webhook_progress"] = True
         for field in stored:  # echo URLs the client gave; base64 is echoed as our stored copy
             value = getattr(params, field)
             if value.startswith(("http://", "https://")):

@@ -146,6 +146,10 @@ class JobQueue(Protocol):
         returns their ids (the worker drops their work)."""
         ...
 
+    def running(self, *, limit: int) -> list[Job]:
+        """Jobs being generated now, oldest first (at most `limit`)."""
+        ...
+
     def position(self, job_id: int) -> tuple[int, float] | None:
         """For a queued job: (1-based place in line, work units ahead of it incl. running)."""
         ...

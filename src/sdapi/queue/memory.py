@@ -249,6 +249,10 @@ class MemoryQueue:
                 )
         return sorted(job.id for job in stopped)
 
+    def running(self, *, limit: int) -> list[Job]:
+        jobs = [j for j in self._jobs.values() if j.status is JobStatus.PROCESSING]
+        return sorted(jobs, key=lambda j: j.id)[:limit]
+
     def position(self, job_id: int) -> tuple[int, float] | None:
         job = self._jobs.get(job_id)
         if job is None or job.status is not JobStatus.QUEUED:

@@ -50,6 +50,7 @@ from sdapi.queue.rows import (
     JOB_WEBHOOK_STATUS,
     LATE_IDS,
     RECORD_WEBHOOK,
+    RUNNING,
     SAME_TRACK,
     SUCCEED,
     TO_PROCESSING,
@@ -236,6 +237,11 @@ class PostgresQueue:
             ids = sorted(row["id"] for row in rows)
             _webhooks(conn, ids, now)
         return ids
+
+    def running(self, *, limit: int) -> list[Job]:
+        with self.db.connection() as conn:
+            rows = conn.execute(RUNNING.format(p="%s"), (limit,)).fetchall()
+        return [job_from_row(row) for row in rows]
 
     def position(self, job_id: int) -> tuple[int, float] | None:
         with self.db.connection() as conn:

@@ -35,6 +35,7 @@ from sdapi.queue.rows import (
     JOB_WEBHOOK_STATUS,
     LATE_IDS,
     RECORD_WEBHOOK,
+    RUNNING,
     SAME_TRACK,
     SUCCEED,
     TO_PROCESSING,
@@ -242,6 +243,10 @@ class SQLiteQueue:
             )
             self._webhooks(conn, ids, now)
         return sorted(ids)
+
+    def running(self, *, limit: int) -> list[Job]:
+        rows = self.db.connection().execute(RUNNING.format(p="?"), (limit,)).fetchall()
+        return [job_from_row(row) for row in rows]
 
     def position(self, job_id: int) -> tuple[int, float] | None:
         row = (

@@ -62,10 +62,14 @@ class RetryPolicy:
         return at if at <= event.created_at + self.give_up_after_s else None
 
 
-def webhook_policy(allow: tuple[str, ...]) -> UrlPolicy:
+def json_body(payload: Mapping[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def webhook_policy(allow: tuple[str, ...], timeout_s: float = SEND_TIMEOUT_S) -> UrlPolicy:
     """The SSRF rules of image fetching, with the webhook's own budget and no redirects (a
     redirect would turn the POST into a GET, and is not where the owner asked it sent)."""
-    return UrlPolicy(allow=allow, max_bytes=64 * 1024, timeout_s=SEND_TIMEOUT_S, max_redirects=0)
+    return UrlPolicy(allow=allow, max_bytes=64 * 1024, timeout_s=timeout_s, max_redirects=0)
 
 
 class WebhookDispatcher:
@@ -128,7 +132,7 @@ class WebhookDispatcher:
                 event.event_id, delivered=False, error="job gone", retry_at=None
             )
             return
-        body = json.dumps(self.render(job), separators=(",", ":")).encode()
+        body = json_body(self.render(job))
         error = self._post(event, body)
         if error is None:
             log.info("webhook %s for job %s delivered", event.event_id, job.id)
@@ -147,12 +151,27 @@ class WebhookDispatcher:
         )
 
     def _post(self, event: WebhookEvent, body: bytes) -> _Failure | None:
+        message = SignedPost(event.url, event.event_id, body, int(self.clock()))
+        return message.send(self._send, self.policy, self.secret)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedPost:
+    """One webhook POST: JSON body, Standard Webhooks headers, through the SSRF-safe fetcher."""
+
+    url: str
+    event_id: str
+    body: bytes
+    timestamp: int
+
+    def send(self, send: Send, policy: UrlPolicy, secret: str) -> _Failure | None:
+        """None when the receiver answered 2xx, else why not."""
         headers = {
             "content-type": "application/json",
-            **signature_headers(self.secret, event.event_id, body, timestamp=int(self.clock())),
+            **signature_headers(secret, self.event_id, self.body, timestamp=self.timestamp),
         }
         try:
-            self._send(event.url, self.policy, method="POST", body=body, headers=headers)
+            send(self.url, policy, method="POST", body=self.body, headers=headers)
         except UnsafeUrl as exc:  # the address is refused: retrying cannot help
             return _Failure(exc.detail or str(exc), permanent=True)
         except ImageFetchFailed as exc:  # down, slow, non-2xx: worth another try

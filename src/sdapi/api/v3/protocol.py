@@ -56,6 +56,8 @@ class GenerationParams:
     temp: bool = False
     #: sdapi: seconds the job may wait in line before it fails instead of starting.
     deadline: float | None = None
+    #: sdapi: also POST throttled progress events to the webhook while the job runs.
+    webhook_progress: bool = False
 
 
 def generation_fields(settings: Settings, task: Task) -> list[Field]:
@@ -180,6 +182,12 @@ def generation_fields(settings: Settings, task: Task) -> list[Field]:
             "flag",
             default=False,
             description="Output links stop working after 24 hours (the server's --temp-ttl).",
+        ),
+        Field(
+            "webhook_progress",
+            "flag",
+            default=False,
+            description="sdapi: also POST progress events (best effort) while the job runs.",
         ),
         Field(
             "deadline",
