@@ -175,3 +175,11 @@ def test_running_lists_the_jobs_being_generated(queue: JobQueue) -> None:
     assert [j.id for j in queue.running(limit=10)] == [a, b]
     assert [j.id for j in queue.running(limit=1)] == [a]
     assert queued not in [j.id for j in queue.running(limit=10)]
+
+
+def test_recent_lists_one_owners_jobs_newest_first(queue: JobQueue) -> None:
+    mine = [submit(queue) for _ in range(3)]
+    submit(queue, owner="key_b")
+    assert [j.id for j in queue.recent("key_a", limit=10)] == mine[::-1]
+    assert [j.id for j in queue.recent("key_a", limit=2)] == mine[:0:-1]
+    assert queue.recent("nobody", limit=10) == []

@@ -366,3 +366,19 @@ def test_cancel_after_the_end_is_too_late(server: Server) -> None:
     answer = server.post(f"/api/v3/cancel/{job_id}")
     assert answer["status"] == "error" and answer["state"] == "success"
     assert server.post(f"/api/v3/fetch/{job_id}")["status"] == "success"
+
+
+def test_jobs_lists_only_the_keys_own_jobs_newest_first(server: Server) -> None:
+    done = server.post("/api/v3/text2img", {"prompt": "one", "width": 64, "height": 64})
+    queued = server.post("/api/v3/text2img", {"prompt": "two", "instant_response": True})
+    other = server.client.post(
+        "/api/v3/text2img", json={"key": server.other_key, "prompt": "theirs"}
+    ).json()
+    listed = server.post("/api/v3/jobs", {"limit": "5"})
+    assert listed["status"] == "success"
+    ids = [j["id"] for j in listed["jobs"]]
+    assert ids == [queued["id"], done["id"]] and other["id"] not in ids
+    first = listed["jobs"][1]
+    assert first["prompt"] == "one" and first["output"] == done["output"]
+    too_many = server.post("/api/v3/jobs", {"limit": 1000})
+    assert too_many["status"] == "error" and "limit" in too_many["message"]

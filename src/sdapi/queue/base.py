@@ -146,6 +146,10 @@ class JobQueue(Protocol):
         returns their ids (the worker drops their work)."""
         ...
 
+    def recent(self, owner: str, *, limit: int) -> list[Job]:
+        """The owner's newest jobs, newest first (at most `limit`)."""
+        ...
+
     def running(self, *, limit: int) -> list[Job]:
         """Jobs being generated now, oldest first (at most `limit`)."""
         ...

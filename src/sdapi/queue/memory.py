@@ -249,6 +249,10 @@ class MemoryQueue:
                 )
         return sorted(job.id for job in stopped)
 
+    def recent(self, owner: str, *, limit: int) -> list[Job]:
+        mine = [j for j in self._jobs.values() if j.owner == owner]
+        return sorted(mine, key=lambda j: -j.id)[:limit]
+
     def running(self, *, limit: int) -> list[Job]:
         jobs = [j for j in self._jobs.values() if j.status is JobStatus.PROCESSING]
         return sorted(jobs, key=lambda j: j.id)[:limit]

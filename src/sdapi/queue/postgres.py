@@ -49,6 +49,7 @@ from sdapi.queue.rows import (
     FAIL_LATE,
     JOB_WEBHOOK_STATUS,
     LATE_IDS,
+    RECENT,
     RECORD_WEBHOOK,
     RUNNING,
     SAME_TRACK,
@@ -237,6 +238,11 @@ class PostgresQueue:
             ids = sorted(row["id"] for row in rows)
             _webhooks(conn, ids, now)
         return ids
+
+    def recent(self, owner: str, *, limit: int) -> list[Job]:
+        with self.db.connection() as conn:
+            rows = conn.execute(RECENT.format(p="%s"), (owner, limit)).fetchall()
+        return [job_from_row(row) for row in rows]
 
     def running(self, *, limit: int) -> list[Job]:
         with self.db.connection() as conn:

@@ -71,6 +71,7 @@ SAME_TRACK = (
     "SELECT * FROM jobs WHERE owner = {p} AND track_id = {p} AND created_at >= {p}"
     " ORDER BY id DESC LIMIT 1"
 )
+RECENT = "SELECT * FROM jobs WHERE owner = {p} ORDER BY id DESC LIMIT {p}"
 RUNNING = "SELECT * FROM jobs WHERE status = 'processing' ORDER BY id LIMIT {p}"
 #: Queued jobs past their deadline fail instead of starting.
 FAIL_LATE = (

@@ -34,6 +34,7 @@ from sdapi.queue.rows import (
     FAIL_LATE,
     JOB_WEBHOOK_STATUS,
     LATE_IDS,
+    RECENT,
     RECORD_WEBHOOK,
     RUNNING,
     SAME_TRACK,
@@ -243,6 +244,10 @@ class SQLiteQueue:
             )
             self._webhooks(conn, ids, now)
         return sorted(ids)
+
+    def recent(self, owner: str, *, limit: int) -> list[Job]:
+        rows = self.db.connection().execute(RECENT.format(p="?"), (owner, limit)).fetchall()
+        return [job_from_row(row) for row in rows]
 
     def running(self, *, limit: int) -> list[Job]:
         rows = self.db.connection().execute(RUNNING.format(p="?"), (limit,)).fetchall()

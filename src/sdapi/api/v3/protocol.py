@@ -221,6 +221,17 @@ def read_generation(body: dict[str, Any], settings: Settings, task: Task) -> Gen
     return GenerationParams(**{k: v for k, v in values.items() if k in names})
 
 
+JOBS_FIELDS = [
+    Field(
+        "limit",
+        "int",
+        default=20,
+        minimum=1,
+        maximum=100,
+        description="How many of the key's newest jobs to list.",
+    )
+]
+
 FETCH_FIELDS = [
     Field("request_id", "int", minimum=0, description="Job id (or put it in the path).")
 ]

@@ -13,7 +13,12 @@ from sdapi.api.body import read_body
 from sdapi.api.state import AppState, state_of
 from sdapi.api.v3 import translate
 from sdapi.api.v3.fields import json_schema, read_fields
-from sdapi.api.v3.protocol import FETCH_FIELDS, generation_fields, read_generation
+from sdapi.api.v3.protocol import (
+    FETCH_FIELDS,
+    JOBS_FIELDS,
+    generation_fields,
+    read_generation,
+)
 from sdapi.auth.keys import ApiKey
 from sdapi.errors import JobNotFound
 from sdapi.eta import queue_time, wait_for
@@ -128,6 +133,15 @@ async def cancel_by_path(request: Request, job_id: str) -> dict[str, Any]:
 @router.post("/cancel", summary="Cancel a job, id as request_id in the body")
 async def cancel_by_body(request: Request) -> dict[str, Any]:
     return await _cancel(request, None)
+
+
+@router.post("/jobs", summary="The key's newest jobs (sdapi)")
+async def jobs(request: Request) -> dict[str, Any]:
+    state, body, key = await _caller(request)
+    limit = read_fields(body, JOBS_FIELDS)["limit"]
+    found = await run_in_threadpool(state.backends.queue.recent, key.id, limit=limit)
+    links = translate.Links(state.base_url(request), state.backends.images)
+    return {"status": "success", "jobs": [translate.summary(job, links) for job in found]}
 
 
 @router.post("/system_load", summary="Queue depth and the time to drain it")

@@ -166,6 +166,32 @@ def expired(job: Job) -> dict[str, Any]:
     }
 
 
+def summary(job: Job, links: Links) -> dict[str, Any]:
+    """One line of a key's job list (sdapi): where the job stands, and its images once done."""
+    r = job.request
+    return {
+        "id": job.id,
+        "status": str(job.status),
+        "task": str(r.task),
+        "prompt": r.prompt,
+        "model": r.model,
+        "width": r.width,
+        "height": r.height,
+        "samples": r.samples,
+        "steps": r.steps,
+        "seed": r.seed,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "progress": round(job.progress, 3),
+        "generationTime": job.generation_seconds,
+        "output": links.outputs(job) if job.status is JobStatus.SUCCESS else [],
+        "error": job.error,
+        "track_id": job.track_id,
+        "webhook_status": job.webhook_status,
+    }
+
+
 def webhook_body(job: Job, links: Links) -> dict[str, Any]:
     """What a webhook POSTs (spec 12): the job's fetch answer with `track_id` beside it."""
     return {**fetched(job, 0.0, links, position=None), "track_id": job.track_id}
