@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from pydantic import TypeAdapter
 
 from sdapi.api.app import create_app
+from sdapi.api.v3 import schemas
 from sdapi.auth.keys import MemoryKeyStore
 from sdapi.backends import Backends
 from sdapi.errors import INVALID_KEY_TIP
@@ -382,3 +384,48 @@ def test_jobs_lists_only_the_keys_own_jobs_newest_first(server: Server) -> None:
     assert first["prompt"] == "one" and first["output"] == done["output"]
     too_many = server.post("/api/v3/jobs", {"limit": 1000})
     assert too_many["status"] == "error" and "limit" in too_many["message"]
+
+
+def _documented(answers: dict[int | str, dict[str, Any]]) -> TypeAdapter[Any]:
+    return TypeAdapter(answers[200]["model"])
+
+
+def test_every_answer_matches_the_documented_schema(idle_server: Server) -> None:
+    """The OpenAPI models describe what translate builds: any drift fails here."""
+    s, job = idle_server, _documented(schemas.JOB)
+    queued = s.post("/api/v3/text2img", {"prompt": "p", "width": 64, "height": 64})
+    doomed = s.post("/api/v3/text2img", {"prompt": "q", "width": 128, "height": 64})
+    answers = [queued, doomed, s.post(f"/api/v3/fetch/{queued['id']}")]
+    answers.append(s.post("/api/v3/text2img", {"prompt": ""}))  # validation error
+    answers.append(s.client.post("/api/v3/fetch/1", json={"key": "nope"}).json())
+    answers.append(s.post("/api/v3/fetch/999"))
+    for engine in (FakeEngine(), FakeEngine(fail_with="boom")):
+        Worker.for_engine(s.backends.queue, s.backends.images, engine, lease_s=30).run_once()
+    answers += [s.post(f"/api/v3/fetch/{i}") for i in (queued["id"], doomed["id"])]
+    cancelled = s.post("/api/v3/text2img", {"prompt": "c"})["id"]
+    cancel = s.post(f"/api/v3/cancel/{cancelled}")
+    answers.append(s.post(f"/api/v3/fetch/{cancelled}"))
+    s.backends.queue.expire([queued["id"]])
+    answers.append(s.post(f"/api/v3/fetch/{queued['id']}"))
+    statuses = [job.validate_python(a).status for a in answers]
+    assert statuses == [
+        "processing", "processing", "processing", "error", "error", "error", "success",
+        "failed", "cancelled", "error",
+    ]  # fmt: skip
+    _documented(schemas.CANCEL).validate_python(cancel)
+    _documented(schemas.CANCEL).validate_python(s.post(f"/api/v3/cancel/{queued['id']}"))
+    _documented(schemas.JOBS).validate_python(s.post("/api/v3/jobs"))
+    _documented(schemas.LOAD).validate_python(s.post("/api/v3/system_load"))
+
+
+def test_the_openapi_document_lists_real_answers_only(server: Server) -> None:
+    doc = server.client.get("/openapi.json").json()
+    fetch = doc["paths"]["/api/v3/fetch/{job_id}"]["post"]
+    assert set(fetch["responses"]) == {"200"}  # no FastAPI 422: sdapi never sends it
+    assert "HTTPValidationError" not in doc["components"]["schemas"]
+    statuses = doc["components"]["schemas"]["Processing"]["properties"]["status"]
+    assert statuses["const"] == "processing"
+    width = doc["paths"]["/api/v3/text2img"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"
+    ]["properties"]["width"]
+    assert (width["default"], width["minimum"], width["maximum"]) == (512, 64, 1024)

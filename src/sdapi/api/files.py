@@ -31,16 +31,42 @@ async def _serve(request: Request, name: str) -> Response:
     return Response(data, media_type=content_type(name), headers={"Cache-Control": cache})
 
 
-@router.get("/generations/{file}", summary="A generated image")
+#: What the file routes answer, for the OpenAPI document.
+FILE_ANSWERS: dict[int | str, dict[str, object]] = {
+    200: {
+        "description": "The PNG, or its base64 text for `.base64` names",
+        "content": {"image/png": {}, "text/plain": {}},
+    },
+    404: {"description": "No such file (or it was removed by retention)"},
+}
+TEMP_ANSWERS = {**FILE_ANSWERS, 410: {"description": "The temporary link has expired"}}
+
+
+@router.get(
+    "/generations/{file}",
+    summary="A generated image",
+    response_class=Response,
+    responses=FILE_ANSWERS,
+)
 async def generation(request: Request, file: str) -> Response:
     return await _serve(request, f"generations/{file}")
 
 
-@router.get("/temp/{file}", summary="A generated image behind a temporary link")
+@router.get(
+    "/temp/{file}",
+    summary="A generated image behind a temporary link",
+    response_class=Response,
+    responses=TEMP_ANSWERS,
+)
 async def temp_generation(request: Request, file: str) -> Response:
     return await _serve(request, f"temp/{file}")
 
 
-@router.get("/inputs/{file}", summary="A stored copy of an input image")
+@router.get(
+    "/inputs/{file}",
+    summary="A stored copy of an input image",
+    response_class=Response,
+    responses=FILE_ANSWERS,
+)
 async def input_image(request: Request, file: str) -> Response:
     return await _serve(request, f"inputs/{file}")

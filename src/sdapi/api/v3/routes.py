@@ -11,8 +11,8 @@ from starlette.requests import Request
 from sdapi.api.auth import authenticate
 from sdapi.api.body import read_body
 from sdapi.api.state import AppState, state_of
-from sdapi.api.v3 import translate
-from sdapi.api.v3.fields import json_schema, read_fields
+from sdapi.api.v3 import schemas, translate
+from sdapi.api.v3.fields import Field, json_schema, read_fields
 from sdapi.api.v3.protocol import (
     FETCH_FIELDS,
     JOBS_FIELDS,
@@ -46,9 +46,8 @@ async def _generate(request: Request, task: Task) -> dict[str, Any]:
     return translate.submitted(job, wait.eta, translate.Links(base_url, state.backends.images))
 
 
-def _body_doc(task: Task) -> dict[str, Any]:
-    # Documented with the default limits; model_construct() reads no environment at import.
-    fields = generation_fields(Settings.model_construct(), task)
+def _body_doc(fields: list[Field]) -> dict[str, Any]:
+    """The request body of a route, from the same Field table that reads it."""
     schema = json_schema(fields)
     schema["properties"]["key"] = {"type": "string", "description": "Your API key."}
     content = {"schema": schema}
@@ -59,8 +58,16 @@ def _body_doc(task: Task) -> dict[str, Any]:
     }
 
 
+def _generation_doc(task: Task) -> dict[str, Any]:
+    # Documented with the default limits; model_construct() reads no environment at import.
+    return _body_doc(generation_fields(Settings.model_construct(), task))
+
+
 @router.post(
-    "/text2img", summary="Generate images from a prompt", openapi_extra=_body_doc(Task.TEXT2IMG)
+    "/text2img",
+    summary="Generate images from a prompt",
+    openapi_extra=_generation_doc(Task.TEXT2IMG),
+    responses=schemas.JOB,
 )
 async def text2img(request: Request) -> dict[str, Any]:
     return await _generate(request, Task.TEXT2IMG)
@@ -69,14 +76,18 @@ async def text2img(request: Request) -> dict[str, Any]:
 @router.post(
     "/img2img",
     summary="Generate images from an image and a prompt",
-    openapi_extra=_body_doc(Task.IMG2IMG),
+    openapi_extra=_generation_doc(Task.IMG2IMG),
+    responses=schemas.JOB,
 )
 async def img2img(request: Request) -> dict[str, Any]:
     return await _generate(request, Task.IMG2IMG)
 
 
 @router.post(
-    "/inpaint", summary="Repaint the masked part of an image", openapi_extra=_body_doc(Task.INPAINT)
+    "/inpaint",
+    summary="Repaint the masked part of an image",
+    openapi_extra=_generation_doc(Task.INPAINT),
+    responses=schemas.JOB,
 )
 async def inpaint(request: Request) -> dict[str, Any]:
     return await _generate(request, Task.INPAINT)
@@ -109,12 +120,22 @@ def _own_job(state: AppState, key: ApiKey, raw_id: Any) -> Job:
     return job
 
 
-@router.post("/fetch/{job_id}", summary="Result of a queued job")
+@router.post(
+    "/fetch/{job_id}",
+    summary="Result of a queued job",
+    openapi_extra=_body_doc([]),
+    responses=schemas.JOB,
+)
 async def fetch_by_path(request: Request, job_id: str) -> dict[str, Any]:
     return await _fetch(request, job_id)
 
 
-@router.post("/fetch", summary="Result of a queued job, id as request_id in the body")
+@router.post(
+    "/fetch",
+    summary="Result of a queued job, id as request_id in the body",
+    openapi_extra=_body_doc(FETCH_FIELDS),
+    responses=schemas.JOB,
+)
 async def fetch_by_body(request: Request) -> dict[str, Any]:
     return await _fetch(request, None)
 
@@ -125,17 +146,32 @@ async def _cancel(request: Request, raw_id: Any) -> dict[str, Any]:
     return translate.cancel_answer(job)
 
 
-@router.post("/cancel/{job_id}", summary="Cancel a queued or running job")
+@router.post(
+    "/cancel/{job_id}",
+    summary="Cancel a queued or running job",
+    openapi_extra=_body_doc([]),
+    responses=schemas.CANCEL,
+)
 async def cancel_by_path(request: Request, job_id: str) -> dict[str, Any]:
     return await _cancel(request, job_id)
 
 
-@router.post("/cancel", summary="Cancel a job, id as request_id in the body")
+@router.post(
+    "/cancel",
+    summary="Cancel a job, id as request_id in the body",
+    openapi_extra=_body_doc(FETCH_FIELDS),
+    responses=schemas.CANCEL,
+)
 async def cancel_by_body(request: Request) -> dict[str, Any]:
     return await _cancel(request, None)
 
 
-@router.post("/jobs", summary="The key's newest jobs (sdapi)")
+@router.post(
+    "/jobs",
+    summary="The key's newest jobs (sdapi)",
+    openapi_extra=_body_doc(JOBS_FIELDS),
+    responses=schemas.JOBS,
+)
 async def jobs(request: Request) -> dict[str, Any]:
     state, body, key = await _caller(request)
     limit = read_fields(body, JOBS_FIELDS)["limit"]
@@ -144,7 +180,12 @@ async def jobs(request: Request) -> dict[str, Any]:
     return {"status": "success", "jobs": [translate.summary(job, links) for job in found]}
 
 
-@router.post("/system_load", summary="Queue depth and the time to drain it")
+@router.post(
+    "/system_load",
+    summary="Queue depth and the time to drain it",
+    openapi_extra=_body_doc([]),
+    responses=schemas.LOAD,
+)
 async def system_load(request: Request) -> dict[str, Any]:
     state, _, _ = await _caller(request)
     queue = state.backends.queue

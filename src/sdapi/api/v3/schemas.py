@@ -1,0 +1,156 @@
+"""The v3 answers as schemas, for the OpenAPI document only.
+
+Handlers return the dicts `translate` builds (the wire is lenient and keeps the real API's
+quirks); these models describe those dicts so /docs and schema-driven tools (schemathesis, code
+generators) know every status a route can answer and the fields each carries. Extra fields are
+allowed everywhere: clients of the real API ignore what they do not know.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Meta(_Answer):
+    """The parameters the job ran with (spec 11.4), both safety-checker spellings included."""
+
+    H: int
+    W: int
+    prompt: str
+    negative_prompt: str
+    n_samples: int
+    steps: int
+    guidance_scale: float
+    seed: int = Field(description="64-bit unsigned")
+    model: str
+    scheduler: str
+    file_prefix: str
+    base64: Literal["yes", "no"]
+    temp: Literal["yes", "no"]
+
+
+WebhookStatus = Literal["", "pending", "retrying", "delivered", "failed"]
+
+
+class Processing(_Answer):
+    """Queued or running. `eta` is seconds; fetch adds `progress` and `queue_position`."""
+
+    status: Literal["processing"]
+    id: int
+    eta: float
+    message: str
+    messege: str = Field(description="The real API's spelling, kept for clients that read it.")
+    tip: str
+    output: list[str] = Field(description="Always empty while processing.")
+    future_links: list[str] = Field(description="Where the images will appear.")
+    fetch_result: str | None = Field(None, description="On submit: the URL to poll.")
+    meta: Meta | None = Field(None, description="On submit.")
+    progress: float | None = Field(None, ge=0, le=1, description="On fetch: 0 to 1.")
+    queue_position: int | None = Field(None, ge=1, description="On fetch, while queued.")
+    webhook_status: WebhookStatus
+
+
+class Success(_Answer):
+    status: Literal["success"]
+    id: int
+    generationTime: float = Field(description="Seconds the generation took.")
+    output: list[str] = Field(description="Image URLs (base64 text when asked with base64).")
+    future_links: list[str]
+    meta: Meta
+    webhook_status: WebhookStatus
+
+
+class Failed(_Answer):
+    status: Literal["failed"]
+    id: int
+    message: Literal["Failed, Try Again"]
+    messege: str
+    error: str = Field(description="Why it failed.")
+    output: list[str]
+    webhook_status: WebhookStatus
+
+
+class Cancelled(_Answer):
+    """sdapi: the owner cancelled the job."""
+
+    status: Literal["cancelled"]
+    id: int
+    message: str
+    messege: str
+    output: list[str]
+    webhook_status: WebhookStatus
+
+
+class Error(_Answer):
+    """A refused request: a bad key, invalid fields (a dict of field -> messages), an unknown
+    id, an image that could not be fetched; also a job whose outputs expired (`state`)."""
+
+    status: Literal["error"]
+    message: str | dict[str, list[str]]
+    messege: str | dict[str, list[str]] | None = None
+    tip: str | None = Field(None, description="With an invalid key.")
+    detail: str | None = Field(None, description="A human explanation beside the wire text.")
+    id: int | None = None
+    state: str | None = Field(None, description='"expired" for a job removed by retention.')
+
+
+class CancelAnswer(_Answer):
+    status: Literal["success", "error"]
+    id: int
+    message: str
+    messege: str
+    state: str = Field(description="cancelled, cancelling, or the state the job had ended in.")
+
+
+class JobSummary(_Answer):
+    id: int
+    status: Literal["queued", "processing", "success", "failed", "cancelled", "expired"]
+    task: Literal["text2img", "img2img", "inpaint"]
+    prompt: str
+    model: str
+    width: int
+    height: int
+    samples: int
+    steps: int
+    seed: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    progress: float
+    generationTime: float | None
+    output: list[str]
+    error: str | None
+    track_id: str | None
+    webhook_status: WebhookStatus
+
+
+class JobList(_Answer):
+    status: Literal["success"]
+    jobs: list[JobSummary]
+
+
+class SystemLoad(_Answer):
+    queue_num: int = Field(description="Jobs queued or running.")
+    queue_time: int = Field(description="Seconds to drain them at the measured speed.")
+    status: Literal["ok"]
+
+
+def answers(*models: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route that answers any of `models` (all HTTP 200 on the v3 wire)."""
+    union: Any = models[0]
+    for model in models[1:]:
+        union = union | model
+    return {200: {"model": union, "description": " | ".join(m.__name__ for m in models)}}
+
+
+#: Generation calls and fetch answer a job in whatever state it is.
+JOB = answers(Success, Processing, Failed, Cancelled, Error)
+CANCEL = answers(CancelAnswer, Error)
+JOBS = answers(JobList, Error)
+LOAD = answers(SystemLoad, Error)
