@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from sdapi.jobs import JobStatus
-from sdapi.queue.base import DEADLINE_ERROR, JobQueue, NewJob
+from sdapi.queue.base import DEADLINE_ERROR, JobQueue, NewJob, QueueFull
 from tests.helpers import FakeClock, make_request
 
 LEASE = 30.0
@@ -183,3 +185,41 @@ def test_recent_lists_one_owners_jobs_newest_first(queue: JobQueue) -> None:
     assert [j.id for j in queue.recent("key_a", limit=10)] == mine[::-1]
     assert [j.id for j in queue.recent("key_a", limit=2)] == mine[:0:-1]
     assert queue.recent("nobody", limit=10) == []
+
+
+def test_caps_on_live_jobs_refuse_without_enqueueing(queue: JobQueue) -> None:
+    for _ in range(2):
+        submit(queue, owner_cap=2)
+    with pytest.raises(QueueFull) as caught:
+        submit(queue, owner_cap=2)
+    assert (caught.value.scope, caught.value.limit) == ("key", 2)
+    assert submit(queue, owner="key_b", owner_cap=2)  # another key has its own count
+    with pytest.raises(QueueFull) as caught:
+        submit(queue, owner="key_c", queue_cap=3)
+    assert caught.value.scope == "server"
+    [job] = queue.claim("w", lease_s=LEASE)  # running still counts; ended does not
+    with pytest.raises(QueueFull):
+        submit(queue, owner_cap=2)
+    queue.complete(job.id, job.lease_id or "", generation_seconds=1)
+    assert submit(queue, owner_cap=2)
+    assert queue.stats().queued == 3
+
+
+def test_concurrent_submissions_never_pass_the_owners_cap(queue: JobQueue) -> None:
+    accepted: list[int] = []
+    lock = threading.Lock()
+
+    def try_submit() -> None:
+        try:
+            job_id = submit(queue, owner_cap=3)
+        except QueueFull:
+            return
+        with lock:
+            accepted.append(job_id)
+
+    threads = [threading.Thread(target=try_submit) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(accepted) == 3

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sdapi.auth.keys import KEY_LENGTH, KeyStore, MemoryKeyStore, hash_key
+from sdapi.auth.keys import KEY_LENGTH, KeyLimits, KeyStore, MemoryKeyStore, hash_key
 from sdapi.auth.sqlite import SQLiteKeyStore
 from sdapi.database.sqlite import SQLiteDatabase
 
@@ -63,3 +63,11 @@ def test_sqlite_stores_only_the_hash(tmp_path: Path) -> None:
     raw = (tmp_path / "k.db").read_bytes() + (tmp_path / "k.db-wal").read_bytes()
     assert secret.encode() not in raw
     assert hash_key(secret).encode() in raw
+
+
+def test_a_key_keeps_its_own_limits(store: KeyStore) -> None:
+    _, plain_secret = store.create("plain")
+    capped, capped_secret = store.create("capped", KeyLimits(max_queued=3, rate_per_minute=12.5))
+    assert store.verify(plain_secret).limits == KeyLimits()  # type: ignore[union-attr]
+    assert store.verify(capped_secret).limits == KeyLimits(3, 12.5)  # type: ignore[union-attr]
+    assert {k.id: k.limits for k in store.list()}[capped.id] == KeyLimits(3, 12.5)

@@ -23,12 +23,23 @@ PREFIX_LENGTH = 6
 
 
 @dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """A key's own limits; None leaves the server's setting in charge."""
+
+    #: Jobs queued or running at once.
+    max_queued: int | None = None
+    #: Generation requests per minute.
+    rate_per_minute: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ApiKey:
     id: str
     name: str
     key_prefix: str
     created_at: float
     revoked_at: float | None = None
+    limits: KeyLimits = KeyLimits()
 
     @property
     def active(self) -> bool:
@@ -37,7 +48,10 @@ class ApiKey:
     @classmethod
     def from_row(cls, row: Any) -> ApiKey:
         """From a database row (sqlite3.Row or a dict row): values by column name."""
-        return cls(row["id"], row["name"], row["key_prefix"], row["created_at"], row["revoked_at"])
+        limits = KeyLimits(row["max_queued"], row["rate_per_minute"])
+        return cls(
+            row["id"], row["name"], row["key_prefix"], row["created_at"], row["revoked_at"], limits
+        )
 
 
 def generate_key() -> str:
@@ -52,16 +66,27 @@ def new_key_id() -> str:
     return "key_" + secrets.token_hex(6)
 
 
-def issue_key(name: str) -> tuple[ApiKey, str, str]:
+def issue_key(name: str, limits: KeyLimits | None = None) -> tuple[ApiKey, str, str]:
     """A new key: its record, its secret (shown once) and the hash a store keeps."""
     secret = generate_key()
-    key = ApiKey(new_key_id(), name, secret[:PREFIX_LENGTH], time.time())
+    key = ApiKey(
+        new_key_id(), name, secret[:PREFIX_LENGTH], time.time(), None, limits or KeyLimits()
+    )
     return key, secret, hash_key(secret)
 
 
-def insert_key_params(key: ApiKey, digest: str) -> tuple[str, str, str, str, float]:
-    """Values for `INSERT INTO api_keys (id, name, key_hash, key_prefix, created_at)`."""
-    return key.id, key.name, digest, key.key_prefix, key.created_at
+#: The INSERT of a new key, in a dialect's placeholder `{p}`; values from `insert_key_params`.
+INSERT_KEY = (
+    "INSERT INTO api_keys (id, name, key_hash, key_prefix, created_at, max_queued,"
+    " rate_per_minute) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p})"
+)
+
+
+def insert_key_params(key: ApiKey, digest: str) -> tuple[Any, ...]:
+    return (
+        key.id, key.name, digest, key.key_prefix, key.created_at, key.limits.max_queued,
+        key.limits.rate_per_minute,
+    )  # fmt: skip
 
 
 def same_hash(a: str, b: str) -> bool:
@@ -69,7 +94,7 @@ def same_hash(a: str, b: str) -> bool:
 
 
 class KeyStore(Protocol):
-    def create(self, name: str) -> tuple[ApiKey, str]:
+    def create(self, name: str, limits: KeyLimits | None = None) -> tuple[ApiKey, str]:
         """Store a new key; returns it with the secret, which is never retrievable again."""
         ...
 
@@ -89,8 +114,8 @@ class MemoryKeyStore:
         self._keys: dict[str, tuple[ApiKey, str]] = {}
         self._lock = threading.Lock()
 
-    def create(self, name: str) -> tuple[ApiKey, str]:
-        key, secret, digest = issue_key(name)
+    def create(self, name: str, limits: KeyLimits | None = None) -> tuple[ApiKey, str]:
+        key, secret, digest = issue_key(name, limits)
         with self._lock:
             self._keys[key.id] = (key, digest)
         return key, secret

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import time
 
-from sdapi.auth.keys import ApiKey, hash_key, insert_key_params, issue_key, same_hash
+from sdapi.auth.keys import (
+    INSERT_KEY,
+    ApiKey,
+    KeyLimits,
+    hash_key,
+    insert_key_params,
+    issue_key,
+    same_hash,
+)
 from sdapi.database.sqlite import SQLiteDatabase
 
 
@@ -12,14 +20,10 @@ class SQLiteKeyStore:
     def __init__(self, db: SQLiteDatabase) -> None:
         self.db = db
 
-    def create(self, name: str) -> tuple[ApiKey, str]:
-        key, secret, digest = issue_key(name)
+    def create(self, name: str, limits: KeyLimits | None = None) -> tuple[ApiKey, str]:
+        key, secret, digest = issue_key(name, limits)
         with self.db.write() as conn:
-            conn.execute(
-                "INSERT INTO api_keys (id, name, key_hash, key_prefix, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                insert_key_params(key, digest),
-            )
+            conn.execute(INSERT_KEY.format(p="?"), insert_key_params(key, digest))
         return key, secret
 
     def verify(self, secret: str) -> ApiKey | None:

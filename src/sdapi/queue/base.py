@@ -40,6 +40,10 @@ class NewJob:
     #: With a track_id: the owner's job with the same track_id created at or after this time,
     #: if there is one, is returned instead of a new job (idempotent submission).
     dedupe_since: float | None = None
+    #: Refuse (QueueFull) when the owner already has this many jobs queued or running.
+    owner_cap: int | None = None
+    #: Refuse (QueueFull) when the whole queue holds this many jobs queued or running.
+    queue_cap: int | None = None
 
     @property
     def webhook_status(self) -> str:
@@ -61,6 +65,24 @@ class WebhookEvent:
     #: Attempts made before this one.
     attempts: int
     created_at: float
+
+
+class QueueFull(Exception):
+    """A cap on live (queued or running) jobs was reached; nothing was enqueued."""
+
+    def __init__(self, scope: str, limit: int) -> None:
+        super().__init__(f"{scope} limit of {limit} live jobs reached")
+        #: "key" (the owner's own cap) or "server" (the whole queue's).
+        self.scope = scope
+        self.limit = limit
+
+
+def enforce_caps(new: NewJob, owner_live: Callable[[], int], queue_live: Callable[[], int]) -> None:
+    """Raise QueueFull if `new` would exceed a cap; counts only what a set cap needs."""
+    if new.owner_cap is not None and owner_live() >= new.owner_cap:
+        raise QueueFull("key", new.owner_cap)
+    if new.queue_cap is not None and queue_live() >= new.queue_cap:
+        raise QueueFull("server", new.queue_cap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +107,8 @@ class JobQueue(Protocol):
 
         With `new.dedupe_since` and a track_id, the owner's job with that track_id created
         since then is returned instead, if there is one (checked and inserted atomically).
+        Raises QueueFull when a cap in `new` is reached (the owner's cap exactly, under
+        concurrent submissions too).
         """
         ...
 

@@ -18,6 +18,7 @@ from sdapi.queue.base import (
     WebhookEvent,
     WorkerInfo,
     blend_rate,
+    enforce_caps,
     learned_seconds,
     rate_key,
     same_batch,
@@ -54,6 +55,8 @@ class MemoryQueue:
             earlier = self._same_track(new)
             if earlier is not None:
                 return earlier
+            live = [j for j in self._jobs.values() if not j.status.is_terminal]
+            enforce_caps(new, lambda: sum(j.owner == new.owner for j in live), lambda: len(live))
             job = Job(
                 id=len(self._jobs) + 1,
                 owner=new.owner,

@@ -37,6 +37,7 @@ from sdapi.queue.base import (
     NewJob,
     WebhookEvent,
     WorkerInfo,
+    enforce_caps,
     learned_seconds,
     split_expired,
 )
@@ -49,6 +50,8 @@ from sdapi.queue.rows import (
     FAIL_LATE,
     JOB_WEBHOOK_STATUS,
     LATE_IDS,
+    OWNER_LIVE,
+    QUEUE_LIVE,
     RECENT,
     RECORD_WEBHOOK,
     RUNNING,
@@ -90,6 +93,7 @@ class PostgresQueue:
                 earlier = _same_track(conn, new)
                 if earlier is not None:
                     return earlier
+            _enforce_caps(conn, new)
             row = conn.execute(
                 insert_sql("%s") + " RETURNING *", insert_values(new, self.clock())
             ).fetchone()
@@ -432,6 +436,22 @@ def _same_track(conn: Connection, new: NewJob) -> Job | None:
         SAME_TRACK.format(p="%s"), (new.owner, new.track_id, new.dedupe_since)
     ).fetchone()
     return job_from_row(row) if row else None
+
+
+def _enforce_caps(conn: Connection, new: NewJob) -> None:
+    """The owner's cap is exact: a transaction lock on the owner makes count-then-insert one
+    step for its concurrent submissions. The whole queue's cap is a guard against floods, where
+    a few jobs over it under a burst do no harm, so it takes no global lock."""
+    if new.owner_cap is not None:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 1))", (new.owner,))
+
+    def count(sql: str, *args: Any) -> int:
+        row = conn.execute(sql, args).fetchone()
+        return int(row["n"]) if row else 0
+
+    enforce_caps(
+        new, lambda: count(OWNER_LIVE.format(p="%s"), new.owner), lambda: count(QUEUE_LIVE)
+    )
 
 
 def _has_work(conn: Connection, now: float, model_sql: str, model_args: tuple[Any, ...]) -> bool:

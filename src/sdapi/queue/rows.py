@@ -71,6 +71,9 @@ SAME_TRACK = (
     "SELECT * FROM jobs WHERE owner = {p} AND track_id = {p} AND created_at >= {p}"
     " ORDER BY id DESC LIMIT 1"
 )
+LIVE = "('queued', 'processing')"
+OWNER_LIVE = f"SELECT COUNT(*) AS n FROM jobs WHERE owner = {{p}} AND status IN {LIVE}"
+QUEUE_LIVE = f"SELECT COUNT(*) AS n FROM jobs WHERE status IN {LIVE}"
 RECENT = "SELECT * FROM jobs WHERE owner = {p} ORDER BY id DESC LIMIT {p}"
 RUNNING = "SELECT * FROM jobs WHERE status = 'processing' ORDER BY id LIMIT {p}"
 #: Queued jobs past their deadline fail instead of starting.

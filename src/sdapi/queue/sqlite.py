@@ -22,6 +22,7 @@ from sdapi.queue.base import (
     WebhookEvent,
     WorkerInfo,
     blend_rate,
+    enforce_caps,
     learned_seconds,
     split_expired,
 )
@@ -34,6 +35,8 @@ from sdapi.queue.rows import (
     FAIL_LATE,
     JOB_WEBHOOK_STATUS,
     LATE_IDS,
+    OWNER_LIVE,
+    QUEUE_LIVE,
     RECENT,
     RECORD_WEBHOOK,
     RUNNING,
@@ -66,6 +69,11 @@ class SQLiteQueue:
                 ).fetchone()
                 if row is not None:
                     return job_from_row(row)
+            enforce_caps(
+                new,
+                lambda: conn.execute(OWNER_LIVE.format(p="?"), (new.owner,)).fetchone()[0],
+                lambda: conn.execute(QUEUE_LIVE).fetchone()[0],
+            )
             cur = conn.execute(insert_sql("?"), insert_values(new, self.clock()))
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (cur.lastrowid,)).fetchone()
         return job_from_row(row)
