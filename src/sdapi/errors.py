@@ -7,6 +7,7 @@ JSON themselves. By default the wire answers HTTP 200 with `status: "error"`, as
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 #: The wire's tip for a bad key, verbatim (spec 11.3).
@@ -97,6 +98,26 @@ class DatabaseUnavailable(SdapiError):
 
 class StorageError(SdapiError):
     message = "The image store failed"
+    http_status = 503
+
+
+class RateLimited(SdapiError):
+    """Too many requests or jobs; `retry_after` says when to try again (seconds)."""
+
+    message = "Rate limit exceeded"
+    http_status = 429
+
+    def __init__(
+        self, message: Message | None = None, *, retry_after: float, detail: str | None = None
+    ) -> None:
+        super().__init__(message, detail=detail)
+        self.retry_after = max(1, math.ceil(retry_after))
+
+
+class ServerBusy(RateLimited):
+    """The whole queue is full: nobody's fault in particular, so a 503 rather than a 429."""
+
+    message = "Server busy: the queue is full, try again later"
     http_status = 503
 
 

@@ -99,6 +99,16 @@ class Settings(BaseSettings):
     #: A request repeating a track_id under the same key within this window gets the first
     #: job instead of a new one; 0 turns this off.
     track_id_window: float = Field(default=DAY_S, ge=0)
+    #: Jobs one key may have queued or running at once (a key's own limit wins); 0 = no cap.
+    max_queued_per_key: int = Field(default=50, ge=0)
+    #: Jobs the whole queue may hold queued or running; 0 = no cap.
+    max_queued: int = Field(default=10_000, ge=0)
+    #: Generation requests per minute per key (a key's own limit wins); 0 = no limit.
+    rate_limit: float = Field(default=0, ge=0)
+    #: Failed key attempts per minute from one client address before it is refused; 0 = off.
+    max_key_failures: int = Field(default=20, ge=0)
+    #: Pixels one job may ask for (width x height x samples).
+    max_job_pixels: int = Field(default=4 * 1024 * 1024, ge=64 * 64)
     max_width: int = Field(default=1024, ge=64)
     max_height: int = Field(default=1024, ge=64)
     max_steps: int = Field(default=50, ge=1)

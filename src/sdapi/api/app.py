@@ -14,6 +14,7 @@ from sdapi.api.state import AppState
 from sdapi.api.submissions import Submissions
 from sdapi.api.v3 import routes as v3
 from sdapi.backends import Backends, open_backends
+from sdapi.limits import FailureThrottle
 from sdapi.safeurl import UrlPolicy
 from sdapi.settings import Settings
 
@@ -38,7 +39,12 @@ def create_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         opened = backends or open_backends(settings)
         policy = UrlPolicy.from_entries(settings.allow_hosts)
-        app.state.sdapi = AppState(settings, opened, Submissions(settings, opened, policy))
+        app.state.sdapi = AppState(
+            settings,
+            opened,
+            Submissions(settings, opened, policy),
+            throttle=FailureThrottle(settings.max_key_failures),
+        )
         stop_housekeeping = start_housekeeping(settings, opened)
         try:
             yield

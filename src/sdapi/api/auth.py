@@ -8,9 +8,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from sdapi.auth.keys import ApiKey, KeyStore
-from sdapi.errors import InvalidApiKey
+from sdapi.errors import InvalidApiKey, RateLimited
+from sdapi.limits import FailureThrottle
 
 MAX_KEY_LENGTH = 256
+TOO_MANY_FAILURES = "Rate limit exceeded: too many invalid API keys from this address"
 
 
 def key_from(request: Request, body: dict[str, Any]) -> str | None:
@@ -30,11 +32,19 @@ def _bearer(header: str) -> str | None:
     return token if scheme.lower() == "bearer" else None
 
 
-async def authenticate(request: Request, body: dict[str, Any], keys: KeyStore) -> ApiKey:
+async def authenticate(
+    request: Request, body: dict[str, Any], keys: KeyStore, throttle: FailureThrottle
+) -> ApiKey:
+    """The caller's active key. An address that keeps sending bad keys is refused for a while
+    before any lookup, so guessing keys costs the guesser, not the database."""
+    address = request.client.host if request.client else "unknown"
+    if (wait := throttle.blocked(address)) is not None:
+        raise RateLimited(TOO_MANY_FAILURES, retry_after=wait)
     secret = key_from(request, body)
-    if not secret or len(secret) > MAX_KEY_LENGTH:
-        raise InvalidApiKey
-    key = await run_in_threadpool(keys.verify, secret)
+    key = None
+    if secret and len(secret) <= MAX_KEY_LENGTH:
+        key = await run_in_threadpool(keys.verify, secret)
     if key is None:
+        throttle.failed(address)
         raise InvalidApiKey
     return key

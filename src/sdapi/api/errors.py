@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from sdapi.errors import INVALID_KEY_TIP, InvalidApiKey, SdapiError
+from sdapi.errors import INVALID_KEY_TIP, InvalidApiKey, RateLimited, SdapiError
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,8 @@ def error_body(exc: SdapiError) -> dict[str, Any]:
     }
     if isinstance(exc, InvalidApiKey):
         body["tip"] = INVALID_KEY_TIP
+    if isinstance(exc, RateLimited):
+        body["retry_after"] = exc.retry_after  # the 2026 wire's field (spec 11.3)
     if exc.detail:
         body["detail"] = exc.detail
     return body
@@ -36,7 +38,9 @@ def error_body(exc: SdapiError) -> dict[str, Any]:
 def install(app: FastAPI, *, http_errors: bool) -> None:
     async def on_sdapi_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, SdapiError)
-        return JSONResponse(error_body(exc), status_code=exc.http_status if http_errors else 200)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+        status = exc.http_status if http_errors else 200
+        return JSONResponse(error_body(exc), status_code=status, headers=headers)
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
 from sdapi.api.submissions import Submissions
 from sdapi.backends import Backends
+from sdapi.limits import FailureThrottle, RateLimiter
 from sdapi.settings import Settings
 
 
@@ -16,6 +17,9 @@ class AppState:
     settings: Settings
     backends: Backends
     submissions: Submissions
+    #: Per-process request limits (see sdapi.limits).
+    limiter: RateLimiter = field(default_factory=RateLimiter)
+    throttle: FailureThrottle = field(default_factory=lambda: FailureThrottle(0))
 
     def base_url(self, request: Request) -> str:
         """Public base URL: the configured one, else the URL this request came in on."""

@@ -15,10 +15,11 @@ from collections.abc import Iterable
 from sdapi.api.v3.protocol import GenerationParams
 from sdapi.auth.keys import ApiKey
 from sdapi.backends import Backends
-from sdapi.errors import UnsafeUrl, ValidationFailed
+from sdapi.errors import RateLimited, ServerBusy, UnsafeUrl, ValidationFailed
+from sdapi.eta import wait_for
 from sdapi.images import encode_png, load_image_input
 from sdapi.jobs import GenerationRequest, Job, Task
-from sdapi.queue.base import NewJob
+from sdapi.queue.base import NewJob, QueueFull
 from sdapi.safeurl import UrlPolicy, parse_url, vet_literal
 from sdapi.settings import Settings
 
@@ -27,6 +28,8 @@ RANDOM_SEED_RANGE = 2**32
 #: Polling the queue while a generation call waits: start fast, then back off.
 FIRST_POLL_S = 0.02
 MAX_POLL_S = 0.25
+#: Retry-after for a full queue: the 2026 wire's 30 s, or sooner when a job ends sooner.
+QUEUE_RETRY_S = 30.0
 
 
 def output_names(
@@ -58,12 +61,26 @@ class Submissions:
         try:
             new = self._new_job(owner, task, params, prefix, stored)
             job = self.backends.queue.enqueue(new.with_echo(base_url=base_url))
+        except QueueFull as full:
+            self._drop(stored.values())
+            raise self._refusal(full, owner) from None
         except BaseException:
             self._drop(stored.values())
             raise
         if job.output_names != new.output_names:
             self._drop(stored.values())
         return job
+
+    def _refusal(self, full: QueueFull, owner: ApiKey) -> RateLimited:
+        """The wire's answer to a full queue, with an honest time to try again: when the
+        oldest of the key's live jobs (or the next job overall) should be done."""
+        jobs = self.backends.queue.recent(owner.id, limit=full.limit) if full.scope == "key" else []
+        live = [job for job in jobs if not job.status.is_terminal]
+        seconds = wait_for(self.backends.queue, live[-1]).eta if live else QUEUE_RETRY_S
+        if full.scope == "key":
+            text = f"Rate limit exceeded. Maximum {full.limit} queued requests allowed."
+            return RateLimited(text, retry_after=min(seconds, QUEUE_RETRY_S))
+        return ServerBusy(retry_after=QUEUE_RETRY_S, detail=f"{full.limit} jobs are waiting")
 
     def _drop(self, names: Iterable[str]) -> None:
         for name in names:
@@ -134,7 +151,14 @@ class Submissions:
             deadline_at=self._deadline(params, now),
             keep_until=keep_until,
             dedupe_since=now - window if (window := self.settings.track_id_window) else None,
+            owner_cap=self._owner_cap(owner),
+            queue_cap=self.settings.max_queued or None,
         )
+
+    def _owner_cap(self, owner: ApiKey) -> int | None:
+        own = owner.limits.max_queued
+        cap = self.settings.max_queued_per_key if own is None else own
+        return cap or None
 
     def _deadline(self, params: GenerationParams, now: float) -> float | None:
         """The sooner of the request's own deadline and the server's, if either is set."""

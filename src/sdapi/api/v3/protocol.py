@@ -201,6 +201,13 @@ def generation_fields(settings: Settings, task: Task) -> list[Field]:
 
 def read_generation(body: dict[str, Any], settings: Settings, task: Task) -> GenerationParams:
     values = read_fields(body, generation_fields(settings, task))
+    pixels = values["width"] * values["height"] * values["samples"]
+    if pixels > settings.max_job_pixels:
+        raise ValidationFailed.one(
+            "samples",
+            f"The width x height x samples must be at most {settings.max_job_pixels} pixels"
+            f" (this request asks for {pixels}).",
+        )
     if values["scheduler"] in UNSUPPORTED:
         name = values["scheduler"]
         raise ValidationFailed.one(

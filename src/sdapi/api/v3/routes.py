@@ -20,7 +20,7 @@ from sdapi.api.v3.protocol import (
     read_generation,
 )
 from sdapi.auth.keys import ApiKey
-from sdapi.errors import JobNotFound
+from sdapi.errors import JobNotFound, RateLimited
 from sdapi.eta import queue_time, wait_for
 from sdapi.jobs import Job, Task
 from sdapi.settings import Settings
@@ -31,19 +31,29 @@ router = APIRouter(prefix="/api/v3", tags=["v3"])
 async def _caller(request: Request) -> tuple[AppState, dict[str, Any], ApiKey]:
     state = state_of(request)
     body = await read_body(request)
-    key = await authenticate(request, body, state.backends.keys)
+    key = await authenticate(request, body, state.backends.keys, state.throttle)
     return state, body, key
 
 
 async def _generate(request: Request, task: Task) -> dict[str, Any]:
     state, body, key = await _caller(request)
     params = read_generation(body, state.settings, task)
+    _within_rate(state, key)
     base_url = state.base_url(request)
     job = await run_in_threadpool(state.submissions.create, key, task, params, base_url)
     timeout = 0.0 if params.instant_response else state.settings.sync_timeout
     job = await state.submissions.wait(job, timeout)
     wait = await run_in_threadpool(wait_for, state.backends.queue, job)
     return translate.submitted(job, wait.eta, translate.Links(base_url, state.backends.images))
+
+
+def _within_rate(state: AppState, key: ApiKey) -> None:
+    """Generation requests per minute: the key's own limit, else the server's (0: none)."""
+    limit = key.limits.rate_per_minute
+    per_minute = state.settings.rate_limit if limit is None else limit
+    if per_minute and (wait := state.limiter.take(key.id, per_minute)) is not None:
+        detail = f"this key may make {per_minute:g} generation requests per minute"
+        raise RateLimited(retry_after=wait, detail=detail)
 
 
 def _body_doc(fields: list[Field]) -> dict[str, Any]:
