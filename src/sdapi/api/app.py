@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from sdapi import __version__
-from sdapi.api import errors, files, health, openapi
+from sdapi.api import errors, files, health, openapi, web
 from sdapi.api.housekeeping import start_housekeeping
 from sdapi.api.state import AppState
 from sdapi.api.submissions import Submissions
@@ -56,6 +56,6 @@ def create_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
     app = FastAPI(title="sdapi", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     errors.install(app, http_errors=settings.http_errors)
     openapi.install(app, http_errors=settings.http_errors)
-    for router in (health.router, v3.router, files.router):
+    for router in (health.router, v3.router, files.router, web.router):
         app.include_router(router)
     return app
