@@ -1,4 +1,4 @@
-"""The `sdapi` command: serve, worker, keys, migrate.
+"""The `sdapi` command: serve, worker, keys, migrate; generate, fetch, jobs (the client).
 
 Each flag maps to a `Settings` field and so also has an `SDAPI_<NAME>` variable; a flag given on
 the command line wins over the environment. Bad configuration ends with one clear line.
@@ -7,10 +7,13 @@ the command line wins over the environment. Bad configuration ends with one clea
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from pydantic import ValidationError
@@ -18,6 +21,10 @@ from pydantic import ValidationError
 from sdapi import __version__
 from sdapi.errors import ConfigurationError
 from sdapi.settings import Settings
+
+if TYPE_CHECKING:
+    from sdapi.auth.keys import KeyLimits
+    from sdapi.worker.process import WorkerSupervisor
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -116,6 +123,29 @@ OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
         "track_id_window",
         {"help": "A repeated track_id within this window returns the first job (0 = off)."},
     ),
+    "--drain-timeout": (
+        "drain_timeout",
+        {
+            "type": float,
+            "help": "Seconds a stopping worker has to finish its batch before handing it back.",
+        },
+    ),
+    "--max-queued-per-key": (
+        "max_queued_per_key",
+        {"type": int, "help": "Jobs one key may have queued or running (0 = no cap)."},
+    ),
+    "--max-queued": (
+        "max_queued",
+        {"type": int, "help": "Jobs the whole queue may hold (0 = no cap)."},
+    ),
+    "--rate-limit": (
+        "rate_limit",
+        {"type": float, "help": "Generation requests per minute per key (0 = no limit)."},
+    ),
+    "--max-key-failures": (
+        "max_key_failures",
+        {"type": int, "help": "Bad keys per minute from one address before it is refused."},
+    ),
     "--log-level": ("log_level", {"help": "debug, info, warning or error."}),
 }
 #: Where the shared state lives: what every process of one deployment must agree on.
@@ -171,9 +201,8 @@ def main() -> None:
 @settings_options(*OPTIONS)
 def serve(**flags: Any) -> None:
     """Serve the API and start the worker processes."""
-    import uvicorn
-
     from sdapi.api.app import create_app
+    from sdapi.api.serving import serve_app
     from sdapi.backends import open_backends
     from sdapi.engine.models import check_model_ref
     from sdapi.webhooks.secret import server_secret
@@ -190,16 +219,24 @@ def serve(**flags: Any) -> None:
     supervisor = WorkerSupervisor(settings, settings.workers)
     supervisor.start()
     try:
-        uvicorn.run(
-            create_app(settings, backends),
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level.lower(),
-            access_log=False,
-        )
+        app = create_app(settings, backends)
+        serve_app(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
     finally:
+        _stop_at_once_on_signal(supervisor)
         supervisor.stop()
         backends.close()
+
+
+def _stop_at_once_on_signal(supervisor: WorkerSupervisor) -> None:
+    """While the workers drain, another signal kills them and exits: their leases bring the
+    work back to the queue."""
+
+    def at_once(signum: int, frame: object) -> None:
+        supervisor.kill()
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, at_once)
+    signal.signal(signal.SIGINT, at_once)
 
 
 @main.group()
@@ -223,6 +260,7 @@ def webhook_secret(**flags: Any) -> None:
     "--device",
     "--threads",
     "--lease-seconds",
+    "--drain-timeout",
     "--max-batch",
     "--batch-wait",
     "--model-memory",
@@ -257,10 +295,22 @@ def keys() -> None:
 @keys.command("create")
 @settings_options("--data-dir", "--database")
 @click.option("--name", default="default", help="A label to tell keys apart.")
-def keys_create(name: str, **flags: Any) -> None:
+@click.option(
+    "--max-queued",
+    type=click.IntRange(min=0),
+    help="Jobs this key may have queued or running (default: the server's; 0 = no cap).",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    help="Generation requests per minute for this key (default: the server's; 0 = no limit).",
+)
+def keys_create(name: str, max_queued: int | None, rate: float | None, **flags: Any) -> None:
     """Create a key; the key itself is the last line printed (it cannot be shown again)."""
+    from sdapi.auth.keys import KeyLimits
+
     store = _key_store(flags)
-    key, secret = store.create(name)
+    key, secret = store.create(name, KeyLimits(max_queued, rate))
     click.echo(f"created key {key.id} ({key.name}); store it now, it is not shown again:", err=True)
     click.echo(secret)
 
@@ -273,7 +323,17 @@ def keys_list(**flags: Any) -> None:
         state = "active" if key.active else f"revoked {_when(key.revoked_at)}"
         click.echo(
             f"{key.id}  {key.key_prefix}...  {key.name:<20}  {_when(key.created_at)}  {state}"
+            f"{_limits(key.limits)}"
         )
+
+
+def _limits(limits: KeyLimits) -> str:
+    parts = []
+    if limits.max_queued is not None:
+        parts.append(f"max queued {limits.max_queued}")
+    if limits.rate_per_minute is not None:
+        parts.append(f"{limits.rate_per_minute:g}/min")
+    return f"  ({', '.join(parts)})" if parts else ""
 
 
 @keys.command("revoke")
@@ -285,6 +345,91 @@ def keys_revoke(key_id: str, **flags: Any) -> None:
     if key is None:
         raise click.ClickException(f"no single key matches {key_id!r}")
     click.echo(f"revoked {key.id} ({key.name})")
+
+
+#: Where the client commands send requests unless --server or SDAPI_SERVER say otherwise.
+DEFAULT_SERVER = "http://127.0.0.1:7860"
+IMAGE_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def client_options(fn: F) -> F:
+    """--server and --key, for the commands that talk to a running server."""
+    fn = click.option("--key", envvar="SDAPI_KEY", help="API key (default $SDAPI_KEY).")(fn)
+    return click.option(
+        "--server",
+        envvar="SDAPI_SERVER",
+        default=DEFAULT_SERVER,
+        show_default=True,
+        help="Server URL (or $SDAPI_SERVER).",
+    )(fn)
+
+
+def output_option(fn: F) -> F:
+    return click.option(
+        "-o",
+        "--output",
+        help="File for one image (several become NAME-0.png, NAME-1.png, ...), or a directory "
+        "(existing, or ending in /). Default: the current directory, under the server's names.",
+    )(fn)
+
+
+@main.command()
+@click.argument("prompt")
+@output_option
+@click.option("--negative-prompt", help="What the image should not show.")
+@click.option("--width", type=int, help="Width in pixels.")
+@click.option("--height", type=int, help="Height in pixels.")
+@click.option("--steps", type=int, help="Denoising steps.")
+@click.option("--seed", type=int, help="Seed, for a repeatable image.")
+@click.option("--samples", type=int, help="Images to generate.")
+@click.option("--guidance-scale", type=float, help="How closely to follow the prompt.")
+@click.option("--scheduler", help="Scheduler name.")
+@click.option("--strength", type=float, help="How much of --init-image to change (0..1).")
+@click.option("--model", "model_id", help="Model id (default: the server's first model).")
+@click.option("--init-image", type=IMAGE_FILE, help="Start from this image (img2img).")
+@click.option("--mask", type=IMAGE_FILE, help="With --init-image: repaint its white part.")
+@click.option("--timeout", type=float, help="Give up waiting after this many seconds.")
+@client_options
+def generate(
+    prompt: str,
+    output: str | None,
+    init_image: Path | None,
+    mask: Path | None,
+    timeout: float | None,
+    server: str,
+    key: str | None,
+    **options: Any,
+) -> None:
+    """Generate images for PROMPT and save them.
+
+    Shows a live progress bar; Ctrl-C offers to cancel the job.
+    """
+    from sdapi import console
+
+    job = console.Generation(prompt, options, init_image, mask)
+    sys.exit(console.main(server, key, lambda c, t: console.generate(c, t, job, output, timeout)))
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@output_option
+@click.option("--save/--no-save", default=True, help="Save the images, or only print URLs.")
+@client_options
+def fetch(job_id: int, output: str | None, save: bool, server: str, key: str | None) -> None:
+    """Show where job JOB_ID stands, and save its images once done."""
+    from sdapi import console
+
+    sys.exit(console.main(server, key, lambda c, t: console.fetch(c, t, job_id, output, save)))
+
+
+@main.command()
+@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
+@client_options
+def jobs(limit: int, server: str, key: str | None) -> None:
+    """A table of this key's newest jobs and their states."""
+    from sdapi import console
+
+    sys.exit(console.main(server, key, lambda c, t: console.jobs(c, t, limit)))
 
 
 def _first_key(store: Any) -> None:

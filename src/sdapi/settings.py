@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     #: model at least this often (seconds), so no model waits much longer than this.
     affinity_wait: float = Field(default=30.0, gt=0)
     lease_seconds: float = Field(default=DEFAULT_LEASE_S, gt=0)
+    #: On SIGTERM a worker finishes its batch within this many seconds, else hands it back to
+    #: the queue (a second signal stops it at once; its leases bring the work back).
+    drain_timeout: float = Field(default=15.0, ge=0)
     #: A job whose worker died this many times is failed instead of retried.
     max_attempts: int = Field(default=3, ge=1)
     #: Hosts or CIDR ranges that user-supplied URLs may reach although private (SSRF allow-list).

@@ -223,3 +223,20 @@ def test_concurrent_submissions_never_pass_the_owners_cap(queue: JobQueue) -> No
     for t in threads:
         t.join()
     assert len(accepted) == 3
+
+
+def test_a_released_lease_puts_its_jobs_back_without_counting_the_attempt(
+    queue: JobQueue,
+) -> None:
+    kept, cancelled = submit(queue, webhook=HOOK), submit(queue, webhook=HOOK)
+    claimed = queue.claim("w1", lease_s=LEASE, limit=2)
+    lease = claimed[0].lease_id or ""
+    queue.cancel(cancelled)
+    assert queue.release(lease) == [kept]
+    job = queue.get(kept)
+    assert job is not None and job.status is JobStatus.QUEUED and job.attempts == 0
+    assert job.lease_id is None and job.started_at is None
+    assert queue.get(cancelled).status is JobStatus.CANCELLED  # type: ignore[union-attr]
+    assert queue.heartbeat(lease, lease_s=LEASE) == 0  # the lease holds nothing any more
+    assert not queue.complete(kept, lease, generation_seconds=1)
+    assert [j.id for j in queue.claim("w2", lease_s=LEASE)] == [kept]

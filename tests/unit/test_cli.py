@@ -93,3 +93,12 @@ def test_webhook_secret_is_generated_once_and_kept(runner: CliRunner, tmp_path: 
     assert runner.invoke(main, ["webhooks", "secret", *data]).stdout == first.stdout
     given = runner.invoke(main, ["webhooks", "secret", *data, "--webhook-secret", "whsec_bad"])
     assert given.exit_code == 2 and given.stderr.startswith("sdapi: invalid --webhook-secret")
+
+
+def test_keys_carry_their_own_limits(runner: CliRunner, tmp_path: Path) -> None:
+    data = ["--data-dir", str(tmp_path)]
+    made = runner.invoke(main, ["keys", "create", *data, "--max-queued", "3", "--rate", "30"])
+    assert made.exit_code == 0, made.output
+    assert "(max queued 3, 30/min)" in runner.invoke(main, ["keys", "list", *data]).stdout
+    bad = runner.invoke(main, ["keys", "create", *data, "--rate", "-1"])
+    assert bad.exit_code == 2

@@ -24,6 +24,7 @@ from sdapi import (
     JobCancelled,
     JobFailed,
     JobResult,
+    JobSummary,
     Polling,
     ProtocolError,
     SystemLoad,
@@ -270,6 +271,89 @@ def test_system_load(client: Client, server: FakeServer) -> None:
     assert load.raw["status"] == "ok"
 
 
+JOB_LINE = {
+    "id": 9,
+    "status": "success",
+    "task": "text2img",
+    "prompt": "a lighthouse",
+    "model": "sdapi-tiny",
+    "width": 64,
+    "height": 64,
+    "samples": 1,
+    "steps": 2,
+    "seed": 42,
+    "created_at": 1700000000.5,
+    "started_at": 1700000001.0,
+    "finished_at": 1700000002.25,
+    "progress": 1.0,
+    "generationTime": 1.25,
+    "output": [IMAGE_URL],
+    "error": None,
+    "track_id": None,
+    "webhook_status": None,
+}
+
+
+def test_jobs_lists_the_keys_jobs_as_typed_summaries(client: Client, server: FakeServer) -> None:
+    queued = {**JOB_LINE, "id": 10, "status": "queued", "progress": 0, "output": []}
+    queued.update(started_at=None, finished_at=None, generationTime=None, track_id="t-1")
+    server.on("/api/v3/jobs", {"status": "success", "jobs": [queued, JOB_LINE]})
+    jobs = client.jobs(limit=5)
+    assert server.paths() == ["/api/v3/jobs"]
+    assert server.bodies() == [{"key": KEY, "limit": 5}]
+    assert [j.id for j in jobs] == [10, 9], "newest first, as the server sent them"
+    assert jobs[1] == JobSummary(
+        id=9,
+        status="success",
+        task="text2img",
+        prompt="a lighthouse",
+        model="sdapi-tiny",
+        width=64,
+        height=64,
+        samples=1,
+        steps=2,
+        seed=42,
+        created_at=1700000000.5,
+        started_at=1700000001.0,
+        finished_at=1700000002.25,
+        progress=1.0,
+        generation_time=1.25,
+        output=(IMAGE_URL,),
+        raw=JOB_LINE,
+    )
+    assert jobs[0].pending and not jobs[1].pending
+    assert (jobs[0].started_at, jobs[0].output, jobs[0].track_id) == (None, (), "t-1")
+
+
+def test_jobs_asks_for_twenty_by_default_and_parses_leniently(
+    client: Client, server: FakeServer
+) -> None:
+    odd = {"id": "11", "status": "failed", "width": "64", "error": "CUDA out of memory"}
+    server.on("/api/v3/jobs", {"status": "success", "jobs": [odd, "not a job"]})
+    (job,) = client.jobs()
+    assert server.bodies() == [{"key": KEY, "limit": 20}]
+    assert (job.id, job.width, job.error, job.prompt, job.created_at) == (
+        11,
+        64,
+        "CUDA out of memory",
+        "",
+        None,
+    )
+
+
+def test_jobs_without_a_list_is_a_protocol_error(client: Client, server: FakeServer) -> None:
+    server.on("/api/v3/jobs", {"status": "success"})
+    with pytest.raises(ProtocolError, match="no `jobs` list"):
+        client.jobs()
+
+
+def test_jobs_passes_api_errors_on(client: Client, server: FakeServer) -> None:
+    body = {"status": "error", "message": {"limit": ["The limit must be at most 100."]}}
+    server.on("/api/v3/jobs", body)
+    with pytest.raises(ApiError, match=r"^limit: The limit must be at most 100\.$"):
+        client.jobs(limit=500)
+
+
 def test_cancel_says_whether_the_job_stopped_at_once(client: Client, server: FakeServer) -> None:
     answer = {"status": "success", "id": 7, "state": "cancelling", "message": "stops soon"}
     server.on("/api/v3/cancel/7", answer)
@@ -512,6 +596,18 @@ def test_the_async_client_generates_waits_and_saves(
         "num_inference_steps": 2,
         "base64": "yes",
     }
+
+
+def test_the_async_client_lists_jobs(server: FakeServer) -> None:
+    server.on("/api/v3/jobs", {"status": "success", "jobs": [JOB_LINE]})
+
+    async def scenario() -> list[JobSummary]:
+        async with AsyncClient(BASE, KEY, transport=httpx.MockTransport(server)) as c:
+            return await c.jobs(limit=3)
+
+    jobs = asyncio.run(scenario())
+    assert [(j.id, j.status, j.output) for j in jobs] == [(9, "success", (IMAGE_URL,))]
+    assert server.bodies() == [{"key": KEY, "limit": 3}]
 
 
 def test_the_async_client_raises_the_same_errors(server: FakeServer) -> None:

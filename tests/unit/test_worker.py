@@ -235,3 +235,19 @@ def test_a_running_job_cancelled_by_its_owner_stops_early() -> None:
     assert not thread.is_alive(), "the generation stopped at a step, not at its end"
     assert queue.get(job_id).status is JobStatus.CANCELLED  # type: ignore[union-attr]
     assert store.files == {}
+
+
+def test_a_worker_out_of_drain_time_hands_its_batch_back() -> None:
+    queue, store = MemoryQueue(), MemoryStore()
+    job_id = enqueue(queue, steps=500)
+    worker = Worker.for_engine(queue, store, SlowSteps(), lease_s=30)
+    thread = threading.Thread(target=worker.run_once)
+    thread.start()
+    while queue.get(job_id).progress == 0:  # type: ignore[union-attr]
+        time.sleep(0.02)
+    worker.abandon.set()  # what the shutdown timer does when the drain time is up
+    thread.join(timeout=8)
+    assert not thread.is_alive(), "the generation stopped at a step"
+    job = queue.get(job_id)
+    assert job is not None and job.status is JobStatus.QUEUED and job.attempts == 0
+    assert store.files == {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -42,7 +43,7 @@ def create_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
         app.state.sdapi = AppState(
             settings,
             opened,
-            Submissions(settings, opened, policy),
+            Submissions(settings, opened, policy, app.state.draining),
             throttle=FailureThrottle(settings.max_key_failures),
         )
         stop_housekeeping = start_housekeeping(settings, opened)
@@ -54,6 +55,8 @@ def create_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
                 opened.close()
 
     app = FastAPI(title="sdapi", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    #: Set when a shutdown starts (sdapi.api.serving): generation calls stop waiting.
+    app.state.draining = threading.Event()
     errors.install(app, http_errors=settings.http_errors)
     openapi.install(app, http_errors=settings.http_errors)
     for router in (health.router, v3.router, files.router, web.router):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -43,10 +44,18 @@ def output_names(
 
 
 class Submissions:
-    def __init__(self, settings: Settings, backends: Backends, policy: UrlPolicy) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        backends: Backends,
+        policy: UrlPolicy,
+        draining: threading.Event | None = None,
+    ) -> None:
         self.settings = settings
         self.backends = backends
         self.policy = policy
+        #: Set when the server shuts down: no new jobs, and no more waiting for running ones.
+        self.draining = draining or threading.Event()
 
     def create(self, owner: ApiKey, task: Task, params: GenerationParams, base_url: str) -> Job:
         """Store the inputs and enqueue the job (blocking: fetches URLs, writes files).
@@ -54,6 +63,8 @@ class Submissions:
         A repeated track_id (within `--track-id-window`) answers the first job; the inputs this
         request stored are then removed again.
         """
+        if self.draining.is_set():
+            raise ServerBusy("The server is shutting down, try again shortly", retry_after=5)
         if params.webhook is not None:
             self._check_webhook(params.webhook)
         prefix = str(uuid.uuid4())
@@ -170,6 +181,8 @@ class Submissions:
         deadline = time.monotonic() + timeout
         delay = FIRST_POLL_S
         while not job.status.is_terminal and time.monotonic() < deadline:
+            if self.draining.is_set():  # shutting down: the job is durable, answer processing
+                break
             await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0)))
             delay = min(delay * 1.5, MAX_POLL_S)
             job = await asyncio.to_thread(self.backends.queue.get, job.id) or job

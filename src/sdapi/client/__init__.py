@@ -22,7 +22,7 @@ from sdapi.client._errors import (
     ProtocolError,
     WaitTimeout,
 )
-from sdapi.client._models import CancelResult, JobResult, Polling, SystemLoad
+from sdapi.client._models import CancelResult, JobResult, JobSummary, Polling, SystemLoad
 from sdapi.client._sync import Client
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "JobCancelled",
     "JobFailed",
     "JobResult",
+    "JobSummary",
     "OnUpdate",
     "Polling",
     "ProtocolError",

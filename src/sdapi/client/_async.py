@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from sdapi.client import _core as core
-from sdapi.client._models import CancelResult, JobResult, Polling, SystemLoad
+from sdapi.client._models import CancelResult, JobResult, JobSummary, Polling, SystemLoad
 
 
 class AsyncClient:
@@ -179,6 +179,10 @@ class AsyncClient:
         """Cancel a queued job (state `cancelled`) or a running one (`cancelling`: it stops at
         its next step). A job that already ended raises `ApiError("Request already finished")`."""
         return CancelResult.from_answer(await self._post(self._common.job_call("cancel", job)))
+
+    async def jobs(self, limit: int = 20) -> list[JobSummary]:
+        """This key's newest jobs (1 to 100 of them), newest first, whatever their status."""
+        return core.job_list(await self._post(self._common.call("jobs", {"limit": limit})))
 
     async def system_load(self) -> SystemLoad:
         """Jobs queued or running, and the seconds the server needs to drain them."""

@@ -23,6 +23,7 @@ from sdapi.client._models import (
     PROCESSING,
     SUCCESS,
     JobResult,
+    JobSummary,
     Polling,
     message_of,
 )
@@ -169,6 +170,14 @@ def submitted(body: Mapping[str, Any]) -> JobResult:
     result = JobResult.from_answer(body)
     is_pending(result)
     return result
+
+
+def job_list(body: Mapping[str, Any]) -> list[JobSummary]:
+    """The answer of `jobs`: the key's jobs, newest first."""
+    jobs = body.get("jobs")
+    if not isinstance(jobs, list):
+        raise ProtocolError("the jobs answer has no `jobs` list", 200)
+    return [JobSummary.from_answer(job) for job in jobs if isinstance(job, Mapping)]
 
 
 def is_pending(result: JobResult) -> bool:

@@ -14,6 +14,8 @@ from sdapi.client._errors import Message
 
 #: Job statuses on the wire; `processing` is the only one that is not final.
 SUCCESS, PROCESSING, FAILED, CANCELLED = "success", "processing", "failed", "cancelled"
+#: Only job lists (`jobs()`) tell a queued job from a running one.
+QUEUED = "queued"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,69 @@ class CancelResult:
 
 
 @dataclass(frozen=True, slots=True)
+class JobSummary:
+    """One line of `jobs()`: a job of this key, whatever its status, with its main parameters."""
+
+    id: int | None
+    #: "queued", "processing", "success", "failed", "cancelled" or "expired" (outputs removed).
+    status: str
+    #: "text2img", "img2img" or "inpaint".
+    task: str = ""
+    prompt: str = ""
+    model: str | None = None
+    width: int | None = None
+    height: int | None = None
+    samples: int | None = None
+    steps: int | None = None
+    seed: int | None = None
+    #: Unix times (seconds); started and finished are None until the job gets there.
+    created_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    #: 0..1 while running.
+    progress: float | None = None
+    #: Seconds the generation took (success only).
+    generation_time: float | None = None
+    #: Image URLs (success only).
+    output: tuple[str, ...] = ()
+    #: Why the job failed, if it did.
+    error: str | None = None
+    track_id: str | None = None
+    webhook_status: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def pending(self) -> bool:
+        """True while the job may still produce images (queued or running)."""
+        return self.status in (QUEUED, PROCESSING)
+
+    @classmethod
+    def from_answer(cls, body: Mapping[str, Any]) -> JobSummary:
+        return cls(
+            id=_int(body.get("id")),
+            status=str(body.get("status", "")),
+            task=str(body.get("task") or ""),
+            prompt=str(body.get("prompt") or ""),
+            model=_str(body.get("model")),
+            width=_int(body.get("width")),
+            height=_int(body.get("height")),
+            samples=_int(body.get("samples")),
+            steps=_int(body.get("steps")),
+            seed=_int(body.get("seed")),
+            created_at=_float(body.get("created_at")),
+            started_at=_float(body.get("started_at")),
+            finished_at=_float(body.get("finished_at")),
+            progress=_float(body.get("progress")),
+            generation_time=_float(body.get("generationTime")),
+            output=_urls(body.get("output")),
+            error=_str(body.get("error")),
+            track_id=_str(body.get("track_id")),
+            webhook_status=_str(body.get("webhook_status")),
+            raw=dict(body),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class SystemLoad:
     """Queue depth: jobs queued or running, and the seconds the server needs to drain them."""
 
@@ -149,6 +214,10 @@ def _float(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+def _str(value: Any) -> str | None:
+    return str(value) if value is not None and value != "" else None
 
 
 def _urls(value: Any) -> tuple[str, ...]:

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from sdapi.client import _core as core
-from sdapi.client._models import CancelResult, JobResult, Polling, SystemLoad
+from sdapi.client._models import CancelResult, JobResult, JobSummary, Polling, SystemLoad
 
 
 class Client:
@@ -176,6 +176,10 @@ class Client:
         """Cancel a queued job (state `cancelled`) or a running one (`cancelling`: it stops at
         its next step). A job that already ended raises `ApiError("Request already finished")`."""
         return CancelResult.from_answer(self._post(self._common.job_call("cancel", job)))
+
+    def jobs(self, limit: int = 20) -> list[JobSummary]:
+        """This key's newest jobs (1 to 100 of them), newest first, whatever their status."""
+        return core.job_list(self._post(self._common.call("jobs", {"limit": limit})))
 
     def system_load(self) -> SystemLoad:
         """Jobs queued or running, and the seconds the server needs to drain them."""

@@ -158,6 +158,12 @@ class JobQueue(Protocol):
         """Mark failed if `lease_id` still holds the job."""
         ...
 
+    def release(self, lease_id: str) -> list[int]:
+        """Hand a lease's jobs back to the queue (a worker shutting down): queued again, the
+        attempt not counted; those whose owner asked to cancel end cancelled instead. Returns
+        the ids put back in line."""
+        ...
+
     def cancel(self, job_id: int) -> Job | None:
         """Cancel a job: a queued one ends `cancelled` at once (it never runs); a running one
         is flagged for its worker, which stops it (see `stop_cancelled`). Idempotent; a job

@@ -224,6 +224,23 @@ class MemoryQueue:
             )
         return True
 
+    def release(self, lease_id: str) -> list[int]:
+        self.stop_cancelled(lease_id)
+        with self._lock:
+            held = [j for j in self._jobs.values() if j.lease_id == lease_id]
+            for job in held:
+                self._jobs[job.id] = job.evolve(
+                    status=JobStatus.QUEUED,
+                    attempts=job.attempts - 1,
+                    lease_id=None,
+                    lease_expires_at=None,
+                    worker_id=None,
+                    progress=0.0,
+                    started_at=None,
+                )
+            self._arrived.notify_all()
+        return sorted(job.id for job in held)
+
     def cancel(self, job_id: int) -> Job | None:
         with self._lock:
             job = self._jobs.get(job_id)

@@ -54,6 +54,7 @@ from sdapi.queue.rows import (
     QUEUE_LIVE,
     RECENT,
     RECORD_WEBHOOK,
+    RELEASE,
     RUNNING,
     SAME_TRACK,
     SUCCEED,
@@ -216,6 +217,13 @@ class PostgresQueue:
             if cur.rowcount:
                 _webhooks(conn, [job_id], now)
         return cur.rowcount == 1
+
+    def release(self, lease_id: str) -> list[int]:
+        self.stop_cancelled(lease_id)
+        with self.db.transaction() as conn:
+            rows = conn.execute(RELEASE.format(p="%s") + " RETURNING id", (lease_id,)).fetchall()
+            _notify(conn, "")  # idle workers may take them at once
+        return sorted(row["id"] for row in rows)
 
     def cancel(self, job_id: int) -> Job | None:
         now = self.clock()

@@ -74,6 +74,12 @@ SAME_TRACK = (
 LIVE = "('queued', 'processing')"
 OWNER_LIVE = f"SELECT COUNT(*) AS n FROM jobs WHERE owner = {{p}} AND status IN {LIVE}"
 QUEUE_LIVE = f"SELECT COUNT(*) AS n FROM jobs WHERE status IN {LIVE}"
+#: A lease handed back: its jobs go back in line as if the attempt never happened.
+RELEASE = (
+    "UPDATE jobs SET status = 'queued', attempts = attempts - 1, lease_id = NULL,"
+    " lease_expires_at = NULL, worker_id = NULL, progress = 0, started_at = NULL"
+    " WHERE lease_id = {p} AND status = 'processing'"
+)
 RECENT = "SELECT * FROM jobs WHERE owner = {p} ORDER BY id DESC LIMIT {p}"
 RUNNING = "SELECT * FROM jobs WHERE status = 'processing' ORDER BY id LIMIT {p}"
 #: Queued jobs past their deadline fail instead of starting.

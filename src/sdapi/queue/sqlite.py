@@ -39,6 +39,7 @@ from sdapi.queue.rows import (
     QUEUE_LIVE,
     RECENT,
     RECORD_WEBHOOK,
+    RELEASE,
     RUNNING,
     SAME_TRACK,
     SUCCEED,
@@ -224,6 +225,15 @@ class SQLiteQueue:
             if cur.rowcount:
                 self._webhooks(conn, [job_id], now)
         return cur.rowcount == 1
+
+    def release(self, lease_id: str) -> list[int]:
+        self.stop_cancelled(lease_id)
+        with self.db.write() as conn:
+            ids = [
+                r[0] for r in conn.execute("SELECT id FROM jobs WHERE lease_id = ?", (lease_id,))
+            ]
+            conn.execute(RELEASE.format(p="?"), (lease_id,))
+        return sorted(ids)
 
     def cancel(self, job_id: int) -> Job | None:
         now = self.clock()

@@ -23,7 +23,9 @@ RESTART_DELAY_S = 1.0
 MAX_RESTART_DELAY_S = 30.0
 #: A worker that ran this long before dying counts as healthy: its restart delay resets.
 HEALTHY_RUN_S = 60.0
-STOP_GRACE_S = 20.0
+#: How long the supervisor waits for a stopping worker beyond its drain time (handing its jobs
+#: back and closing take a moment) before it kills it (the leases then bring the work back).
+STOP_GRACE_S = 10.0
 
 
 def resolve_device(device: str) -> str:
@@ -66,8 +68,16 @@ def run_worker(settings: Settings) -> None:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():  # a second signal: leave now; the lease brings the job back
             os._exit(1)
-        log.info("worker %s: stopping after the current job", worker.id)
+        log.info(
+            "worker %s: stopping; the batch in hand has %.0f s to finish, else it goes back"
+            " to the queue",
+            worker.id,
+            settings.drain_timeout,
+        )
         stop.set()
+        abandon = threading.Timer(settings.drain_timeout, worker.abandon.set)
+        abandon.daemon = True
+        abandon.start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -133,14 +143,24 @@ class WorkerSupervisor:
                 self._spawn(slot)
 
     def stop(self) -> None:
-        """SIGTERM every worker (each finishes its job), then SIGKILL what outlives the grace."""
+        """SIGTERM every worker (each finishes or hands back its batch within the drain time),
+        then SIGKILL what outlives it and the grace."""
         self._stopping.set()
-        live = [p for p in self._procs if p is not None and p.poll() is None]
+        live = self._live()
         for proc in live:
             proc.terminate()
-        deadline = time.monotonic() + STOP_GRACE_S
+        deadline = time.monotonic() + self.settings.drain_timeout + STOP_GRACE_S
         for proc in live:
             try:
                 proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+    def kill(self) -> None:
+        """Stop at once (a second signal): the workers' leases bring their jobs back."""
+        self._stopping.set()
+        for proc in self._live():
+            proc.kill()
+
+    def _live(self) -> list[subprocess.Popen[bytes]]:
+        return [p for p in self._procs if p is not None and p.poll() is None]

@@ -87,6 +87,9 @@ class Worker:
         self.max_batch = max_batch
         self.batch_wait = batch_wait
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        #: Set when a shutdown's drain time is up: the batch in hand stops at its next step and
+        #: its jobs go back to the queue for another worker.
+        self.abandon = threading.Event()
         host = socket.gethostname()
         self.info = WorkerInfo(self.id, host, os.getpid(), device, ",".join(self.models))
 
@@ -175,7 +178,10 @@ class Worker:
             try:
                 outputs = self._generate(jobs, keeper)
             except BatchStopped:
-                log.warning("jobs %s: stopped (%s)", ids, [keeper.stopped(j) for j in jobs])
+                if self.abandon.is_set():
+                    self._release(jobs)
+                else:
+                    log.warning("jobs %s: stopped (%s)", ids, [keeper.stopped(j) for j in jobs])
                 return
             except Exception as exc:
                 for job in jobs:
@@ -191,7 +197,7 @@ class Worker:
     def _generate(self, jobs: list[Job], keeper: LeaseKeeper) -> list[list[Image]]:
         def on_step(done: int, total: int) -> bool:
             keeper.progress = done / max(total, 1)
-            return not keeper.all_stopped.is_set()
+            return not self._must_stop(keeper)
 
         requests = [job.request for job in jobs]
         inputs = [self._load_inputs(request) for request in requests]
@@ -199,9 +205,19 @@ class Worker:
             engine = self.engines.get(requests[0].model)
             return engine.generate_batch(requests, inputs, self.rows_for(requests[0]), on_step)
         except Exception:
-            if keeper.all_stopped.is_set():  # the engine stopped because on_step said so
+            if self._must_stop(keeper):  # the engine stopped because on_step said so
                 raise BatchStopped from None
             raise
+
+    def _must_stop(self, keeper: LeaseKeeper) -> bool:
+        return keeper.all_stopped.is_set() or self.abandon.is_set()
+
+    def _release(self, jobs: list[Job]) -> None:
+        """Shutting down mid-batch: hand the jobs back, so another worker starts them now
+        instead of after the lease runs out, and the attempt is not held against them."""
+        for lease_id in dict.fromkeys(job.lease_id or "" for job in jobs):
+            released = self.queue.release(lease_id)
+            log.warning("jobs %s: handed back to the queue (worker shutting down)", released)
 
     def _store(self, job: Job, images: list[Image], keeper: LeaseKeeper) -> bool:
         """Write the job's images under the names fixed at submit time; False if not ours."""
