@@ -112,6 +112,8 @@ class Settings(BaseSettings):
     max_key_failures: int = Field(default=20, ge=0)
     #: Pixels one job may ask for (width x height x samples).
     max_job_pixels: int = Field(default=4 * 1024 * 1024, ge=64 * 64)
+    #: GET /ready answers 503 when more jobs than this are queued; 0 = no bound.
+    ready_max_queued: int = Field(default=1000, ge=0)
     max_width: int = Field(default=1024, ge=64)
     max_height: int = Field(default=1024, ge=64)
     max_steps: int = Field(default=50, ge=1)

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from sdapi import metrics
 from sdapi.jobs import JobStatus
 from sdapi.queue.base import DEADLINE_ERROR, JobQueue, NewJob, QueueFull
 from tests.helpers import FakeClock, make_request
@@ -240,3 +241,24 @@ def test_a_released_lease_puts_its_jobs_back_without_counting_the_attempt(
     assert queue.heartbeat(lease, lease_s=LEASE) == 0  # the lease holds nothing any more
     assert not queue.complete(kept, lease, generation_seconds=1)
     assert [j.id for j in queue.claim("w2", lease_s=LEASE)] == [kept]
+
+
+def test_metrics_count_each_end_once_in_its_own_transaction(queue: JobQueue) -> None:
+    done = submit(queue, webhook=HOOK)
+    run_to_success(queue, done)
+    cancelled = submit(queue)
+    queue.cancel(cancelled)
+    queue.cancel(cancelled)  # no second end, no second count
+    [event] = queue.claim_webhooks(limit=1, lease_s=60)
+    queue.record_webhook(event.event_id, delivered=False, error="500", retry_at=None)
+    queue.record_metrics(metrics.batch(3))
+    got = {(name, labels): value for name, labels, value in queue.metrics()}
+    assert got[("sdapi_jobs_finished_total", 'status="success"')] == 1
+    assert got[("sdapi_jobs_finished_total", 'status="cancelled"')] == 1
+    size = 'model="sdapi-tiny",size="64x64"'
+    assert got[("sdapi_generation_seconds_count", size)] == 1
+    assert got[("sdapi_generation_seconds_sum", size)] == 1.0
+    assert got[("sdapi_generation_seconds_bucket", size + ',le="1"')] == 1
+    assert got[("sdapi_generation_seconds_bucket", size + ',le="0.5"')] == 0
+    assert got[("sdapi_webhook_deliveries_total", 'outcome="failed"')] == 1
+    assert got[("sdapi_batch_images_sum", "")] == 3

@@ -9,13 +9,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from sdapi import __version__
-from sdapi.api import errors, files, health, openapi, web
+from sdapi.api import errors, files, health, observability, openapi, web
 from sdapi.api.housekeeping import start_housekeeping
+from sdapi.api.observability import HttpTiming
 from sdapi.api.state import AppState
 from sdapi.api.submissions import Submissions
 from sdapi.api.v3 import routes as v3
 from sdapi.backends import Backends, open_backends
 from sdapi.limits import FailureThrottle
+from sdapi.metrics import LocalMetrics
 from sdapi.safeurl import UrlPolicy
 from sdapi.settings import Settings
 
@@ -57,8 +59,10 @@ def create_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
     app = FastAPI(title="sdapi", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     #: Set when a shutdown starts (sdapi.api.serving): generation calls stop waiting.
     app.state.draining = threading.Event()
+    app.state.http_metrics = LocalMetrics()
+    app.add_middleware(HttpTiming, local=app.state.http_metrics)
     errors.install(app, http_errors=settings.http_errors)
     openapi.install(app, http_errors=settings.http_errors)
-    for router in (health.router, v3.router, files.router, web.router):
+    for router in (health.router, observability.router, v3.router, files.router, web.router):
         app.include_router(router)
     return app

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from sdapi.jobs import GenerationRequest, Job, QueueStats, Task
+from sdapi.metrics import Sample
 
 Clock = Callable[[], float]
 
@@ -229,6 +230,14 @@ class JobQueue(Protocol):
         """Mark ended jobs `expired` (their files are gone); other states are left alone."""
         ...
 
+    def record_metrics(self, samples: Sequence[Sample]) -> None:
+        """Add samples (see sdapi.metrics) to the deployment's counters, in one transaction."""
+        ...
+
+    def metrics(self) -> list[Sample]:
+        """Every counter and bucket the deployment has recorded."""
+        ...
+
     def register_worker(self, info: WorkerInfo) -> None: ...
 
     def worker_seen(self, worker_id: str, state: str) -> None: ...
@@ -266,6 +275,11 @@ class Expired:
     @property
     def ended(self) -> list[int]:
         return self.cancelled + [job_id for job_id, _ in self.abandoned]
+
+
+def attempt_outcome(delivered: bool, retry_at: float | None) -> str:
+    """A webhook attempt as the metrics count it."""
+    return "delivered" if delivered else "retry" if retry_at is not None else "failed"
 
 
 def split_expired(rows: Sequence[tuple[int, int, bool]], max_attempts: int) -> Expired:

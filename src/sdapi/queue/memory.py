@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from sdapi.jobs import Job, JobStatus, QueueStats
+from sdapi.metrics import LocalMetrics, Sample, job_ended, webhook_attempt
 from sdapi.queue.base import (
     ABANDONED_ERROR,
     DEADLINE_ERROR,
@@ -17,6 +18,7 @@ from sdapi.queue.base import (
     NewJob,
     WebhookEvent,
     WorkerInfo,
+    attempt_outcome,
     blend_rate,
     enforce_caps,
     learned_seconds,
@@ -47,6 +49,7 @@ class MemoryQueue:
         self._call_rows: dict[str, int] = {}
         self._workers: dict[str, float] = {}
         self._outbox: dict[str, _Outbox] = {}
+        self._metrics = LocalMetrics()
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
 
@@ -86,8 +89,11 @@ class MemoryQueue:
         return max(same, key=lambda j: j.id) if same else None
 
     def _end(self, job: Job, now: float, **changes: object) -> None:
-        """Store a job's final state and, when it has a webhook, its outbox event."""
+        """Store a job's final state, its metrics and, when it has a webhook, its outbox event."""
         self._jobs[job.id] = job = job.evolve(finished_at=now, **changes)
+        r = job.request
+        size = f"{r.width}x{r.height}"
+        self._metrics.add(job_ended(job.status.value, r.model, size, job.generation_seconds))
         if job.webhook is None:
             return
         if any(o.event.job_id == job.id for o in self._outbox.values()):
@@ -345,6 +351,7 @@ class MemoryQueue:
                 row.state, status = "failed", "failed"
             job = self._jobs[row.event.job_id]
             self._jobs[job.id] = job.evolve(webhook_status=status)
+            self._metrics.add(webhook_attempt(attempt_outcome(delivered, retry_at)))
 
     def expirable(self, *, finished_before: float | None, limit: int) -> list[Job]:
         now, cutoff = self.clock(), -1.0 if finished_before is None else finished_before
@@ -363,6 +370,12 @@ class MemoryQueue:
                 job = self._jobs.get(job_id)
                 if job is not None and job.status in _ENDED:
                     self._jobs[job_id] = job.evolve(status=JobStatus.EXPIRED)
+
+    def record_metrics(self, samples: Sequence[Sample]) -> None:
+        self._metrics.add(samples)
+
+    def metrics(self) -> list[Sample]:
+        return self._metrics.samples()
 
     def register_worker(self, info: WorkerInfo) -> None:
         self._workers[info.id] = self.clock()

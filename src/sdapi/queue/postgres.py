@@ -28,6 +28,7 @@ import psycopg
 
 from sdapi.database.postgres import PostgresDatabase, reason
 from sdapi.jobs import Job, QueueStats
+from sdapi.metrics import Sample, webhook_attempt
 from sdapi.queue.base import (
     ABANDONED_ERROR,
     DEADLINE_ERROR,
@@ -37,13 +38,16 @@ from sdapi.queue.base import (
     NewJob,
     WebhookEvent,
     WorkerInfo,
+    attempt_outcome,
     enforce_caps,
     learned_seconds,
     split_expired,
 )
 from sdapi.queue.rows import (
+    BUMP_METRIC,
     CANCEL_QUEUED,
     DUE_WEBHOOKS,
+    ENDED,
     EXPIRABLE,
     EXPIRE,
     FAIL,
@@ -52,6 +56,7 @@ from sdapi.queue.rows import (
     LATE_IDS,
     OWNER_LIVE,
     QUEUE_LIVE,
+    READ_METRICS,
     RECENT,
     RECORD_WEBHOOK,
     RELEASE,
@@ -60,6 +65,7 @@ from sdapi.queue.rows import (
     SUCCEED,
     TO_PROCESSING,
     WEBHOOK_EVENT,
+    ended_samples,
     insert_sql,
     insert_values,
     job_from_row,
@@ -173,7 +179,7 @@ class PostgresQueue:
         late = [r["id"] for r in conn.execute(LATE_IDS.format(p="%s") + " FOR UPDATE", (now,))]
         if late:
             conn.execute(FAIL_LATE.format(p="%s"), (now, DEADLINE_ERROR, now))
-        _webhooks(conn, expired.ended + late, now)
+        _ended(conn, expired.ended + late, now)
         return len(expired.requeued)
 
     def heartbeat(self, lease_id: str, *, lease_s: float, progress: float | None = None) -> int:
@@ -207,7 +213,7 @@ class PostgresQueue:
                 measured = cost / max(done["work_units"], 1e-9)
                 _learn_rate(conn, done["batch_key"], measured, call_rows, now)
                 _learn_rate(conn, done["rate_key"], measured, 1, now)
-                _webhooks(conn, [job_id], now)
+                _ended(conn, [job_id], now)
         return done is not None
 
     def fail(self, job_id: int, lease_id: str, *, error: str) -> bool:
@@ -215,7 +221,7 @@ class PostgresQueue:
         with self.db.transaction() as conn:
             cur = conn.execute(FAIL.format(p="%s"), (now, error, job_id, lease_id))
             if cur.rowcount:
-                _webhooks(conn, [job_id], now)
+                _ended(conn, [job_id], now)
         return cur.rowcount == 1
 
     def release(self, lease_id: str) -> list[int]:
@@ -229,7 +235,7 @@ class PostgresQueue:
         now = self.clock()
         with self.db.transaction() as conn:
             if conn.execute(CANCEL_QUEUED.format(p="%s"), (now, job_id)).rowcount:
-                _webhooks(conn, [job_id], now)
+                _ended(conn, [job_id], now)
             row = conn.execute(
                 "UPDATE jobs SET cancel_requested = (status = 'processing') OR cancel_requested"
                 " WHERE id = %s RETURNING *",
@@ -248,7 +254,7 @@ class PostgresQueue:
                 (now, lease_id),
             ).fetchall()
             ids = sorted(row["id"] for row in rows)
-            _webhooks(conn, ids, now)
+            _ended(conn, ids, now)
         return ids
 
     def recent(self, owner: str, *, limit: int) -> list[Job]:
@@ -386,6 +392,7 @@ class PostgresQueue:
         with self.db.transaction() as conn:
             if conn.execute(RECORD_WEBHOOK.format(p="%s"), event).rowcount:
                 conn.execute(JOB_WEBHOOK_STATUS.format(p="%s"), job)
+                _bump(conn, webhook_attempt(attempt_outcome(delivered, retry_at)))
 
     def expirable(self, *, finished_before: float | None, limit: int) -> list[Job]:
         cutoff = -1.0 if finished_before is None else finished_before
@@ -397,6 +404,15 @@ class PostgresQueue:
         with self.db.transaction() as conn:
             for job_id in job_ids:
                 conn.execute(EXPIRE.format(p="%s"), (job_id,))
+
+    def record_metrics(self, samples: Sequence[Sample]) -> None:
+        with self.db.transaction() as conn:
+            _bump(conn, samples)
+
+    def metrics(self) -> list[Sample]:
+        with self.db.connection() as conn:
+            rows = conn.execute(READ_METRICS).fetchall()
+        return [(row["name"], row["labels"], row["value"]) for row in rows]
 
     def register_worker(self, info: WorkerInfo) -> None:
         now = self.clock()
@@ -428,10 +444,19 @@ class PostgresQueue:
         self.db.close()
 
 
-def _webhooks(conn: Connection, job_ids: Iterable[int], now: float) -> None:
-    """Outbox events for jobs that just ended, in the transaction that ended them."""
+def _ended(conn: Connection, job_ids: Iterable[int], now: float) -> None:
+    """Outbox events and metrics of jobs that just ended, in the transaction that ended them:
+    neither can be lost, nor counted twice."""
     for job_id in job_ids:
         conn.execute(WEBHOOK_EVENT.format(p="%s"), webhook_event_args(job_id, now))
+        row = conn.execute(ENDED.format(p="%s"), (job_id,)).fetchone()
+        _bump(conn, ended_samples(row))
+
+
+def _bump(conn: Connection, samples: Sequence[Sample]) -> None:
+    # Sorted: concurrent transactions take the rows' locks in one order, so never deadlock.
+    with conn.cursor() as cur:
+        cur.executemany(BUMP_METRIC.format(p="%s"), sorted(samples))
 
 
 def _same_track(conn: Connection, new: NewJob) -> Job | None:

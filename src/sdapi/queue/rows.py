@@ -7,6 +7,7 @@ import uuid
 from typing import Any, Protocol
 
 from sdapi.jobs import GenerationRequest, Job, JobStatus, sources_of
+from sdapi.metrics import Sample, job_ended
 from sdapi.queue.base import NewJob, rate_key
 
 #: Columns an INSERT of a new job fills, in the order of `insert_values`.
@@ -121,6 +122,22 @@ EXPIRABLE = (
 )
 
 EXPIRE = f"UPDATE jobs SET status = 'expired' WHERE id = {{p}} AND status IN {FINAL_STATES}"
+
+
+#: Adds to a counter or bucket; every process's events land in the same rows.
+BUMP_METRIC = (
+    "INSERT INTO metrics (name, labels, value) VALUES ({p}, {p}, {p})"
+    " ON CONFLICT (name, labels) DO UPDATE SET value = metrics.value + excluded.value"
+)
+READ_METRICS = "SELECT name, labels, value FROM metrics"
+#: What the metrics of a job's end need to know about it.
+ENDED = "SELECT status, model, batch_key, generation_seconds FROM jobs WHERE id = {p}"
+
+
+def ended_samples(row: Row) -> list[Sample]:
+    """The metrics of one job's end (see sdapi.metrics.job_ended)."""
+    size = str(row["batch_key"]).split("|")[2]  # GenerationRequest.batch_key: model|task|WxH|...
+    return job_ended(row["status"], row["model"], size, row["generation_seconds"])
 
 
 def webhook_event_args(job_id: int, now: float) -> tuple[Any, ...]:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 
 from sdapi.database.sqlite import SQLiteDatabase
 from sdapi.jobs import Job, QueueStats
+from sdapi.metrics import Sample, webhook_attempt
 from sdapi.queue.base import (
     ABANDONED_ERROR,
     DEADLINE_ERROR,
@@ -21,14 +22,17 @@ from sdapi.queue.base import (
     NewJob,
     WebhookEvent,
     WorkerInfo,
+    attempt_outcome,
     blend_rate,
     enforce_caps,
     learned_seconds,
     split_expired,
 )
 from sdapi.queue.rows import (
+    BUMP_METRIC,
     CANCEL_QUEUED,
     DUE_WEBHOOKS,
+    ENDED,
     EXPIRABLE,
     EXPIRE,
     FAIL,
@@ -37,6 +41,7 @@ from sdapi.queue.rows import (
     LATE_IDS,
     OWNER_LIVE,
     QUEUE_LIVE,
+    READ_METRICS,
     RECENT,
     RECORD_WEBHOOK,
     RELEASE,
@@ -45,6 +50,7 @@ from sdapi.queue.rows import (
     SUCCEED,
     TO_PROCESSING,
     WEBHOOK_EVENT,
+    ended_samples,
     insert_sql,
     insert_values,
     job_from_row,
@@ -120,10 +126,13 @@ class SQLiteQueue:
             ).fetchall()
         return [job_from_row(row) for row in claimed]
 
-    def _webhooks(self, conn: sqlite3.Connection, job_ids: Iterable[int], now: float) -> None:
-        """Outbox events for jobs that just ended, in the transaction that ended them."""
+    def _ended(self, conn: sqlite3.Connection, job_ids: Iterable[int], now: float) -> None:
+        """Outbox events and metrics of jobs that just ended, in the transaction that ended
+        them: neither can be lost, nor counted twice."""
         for job_id in job_ids:
             conn.execute(WEBHOOK_EVENT.format(p="?"), webhook_event_args(job_id, now))
+            row = conn.execute(ENDED.format(p="?"), (job_id,)).fetchone()
+            _bump(conn, ended_samples(row))
 
     def _has_work(self, now: float, model_sql: str, model_args: tuple[str, ...]) -> bool:
         row = (
@@ -165,7 +174,7 @@ class SQLiteQueue:
             )
         late = [r[0] for r in conn.execute(LATE_IDS.format(p="?"), (now,))]
         conn.execute(FAIL_LATE.format(p="?"), (now, DEADLINE_ERROR, now))
-        self._webhooks(conn, expired.ended + late, now)
+        self._ended(conn, expired.ended + late, now)
 
     def heartbeat(self, lease_id: str, *, lease_s: float, progress: float | None = None) -> int:
         now = self.clock()
@@ -195,7 +204,7 @@ class SQLiteQueue:
             if cur.rowcount:
                 seconds = learned_seconds(generation_seconds, cost_seconds)
                 self._learn_rate(conn, job_id, seconds, call_rows, now)
-                self._webhooks(conn, [job_id], now)
+                self._ended(conn, [job_id], now)
         return cur.rowcount == 1
 
     def _learn_rate(
@@ -223,7 +232,7 @@ class SQLiteQueue:
         with self.db.write() as conn:
             cur = conn.execute(FAIL.format(p="?"), (now, error, job_id, lease_id))
             if cur.rowcount:
-                self._webhooks(conn, [job_id], now)
+                self._ended(conn, [job_id], now)
         return cur.rowcount == 1
 
     def release(self, lease_id: str) -> list[int]:
@@ -239,7 +248,7 @@ class SQLiteQueue:
         now = self.clock()
         with self.db.write() as conn:
             if conn.execute(CANCEL_QUEUED.format(p="?"), (now, job_id)).rowcount:
-                self._webhooks(conn, [job_id], now)
+                self._ended(conn, [job_id], now)
             conn.execute(
                 "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'processing'",
                 (job_id,),
@@ -260,7 +269,7 @@ class SQLiteQueue:
                 f" lease_expires_at = NULL WHERE {held}",
                 (now, lease_id),
             )
-            self._webhooks(conn, ids, now)
+            self._ended(conn, ids, now)
         return sorted(ids)
 
     def recent(self, owner: str, *, limit: int) -> list[Job]:
@@ -346,6 +355,7 @@ class SQLiteQueue:
         with self.db.write() as conn:
             if conn.execute(RECORD_WEBHOOK.format(p="?"), event).rowcount:
                 conn.execute(JOB_WEBHOOK_STATUS.format(p="?"), job)
+                _bump(conn, webhook_attempt(attempt_outcome(delivered, retry_at)))
 
     def expirable(self, *, finished_before: float | None, limit: int) -> list[Job]:
         cutoff = -1.0 if finished_before is None else finished_before
@@ -360,6 +370,14 @@ class SQLiteQueue:
         with self.db.write() as conn:
             for job_id in job_ids:
                 conn.execute(EXPIRE.format(p="?"), (job_id,))
+
+    def record_metrics(self, samples: Sequence[Sample]) -> None:
+        with self.db.write() as conn:
+            _bump(conn, samples)
+
+    def metrics(self) -> list[Sample]:
+        rows = self.db.connection().execute(READ_METRICS).fetchall()
+        return [(row[0], row[1], row[2]) for row in rows]
 
     def register_worker(self, info: WorkerInfo) -> None:
         now = self.clock()
@@ -382,6 +400,10 @@ class SQLiteQueue:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _bump(conn: sqlite3.Connection, samples: Sequence[Sample]) -> None:
+    conn.executemany(BUMP_METRIC.format(p="?"), samples)
 
 
 def _claim_filter(

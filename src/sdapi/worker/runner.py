@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from sdapi import metrics
 from sdapi.batching import plan_calls, rows_for
 from sdapi.engine.cache import EngineCache
 from sdapi.errors import DatabaseUnavailable, SdapiError
@@ -193,6 +194,7 @@ class Worker:
                 if self._store(job, images, keeper)
             ]
         self._complete(stored, time.monotonic() - started, self._padded_rows(jobs))
+        self._count_batch(jobs)
 
     def _generate(self, jobs: list[Job], keeper: LeaseKeeper) -> list[list[Image]]:
         def on_step(done: int, total: int) -> bool:
@@ -232,6 +234,13 @@ class Worker:
             return False
         log.info("job %s: stored %d images", job.id, len(images))
         return True
+
+    def _count_batch(self, jobs: list[Job]) -> None:
+        """The batch's size for /metrics; losing it must never cost a job anything."""
+        try:
+            self.queue.record_metrics(metrics.batch(sum(job.request.samples for job in jobs)))
+        except Exception:
+            log.warning("jobs %s: could not record the batch metrics", [j.id for j in jobs])
 
     def _padded_rows(self, jobs: list[Job]) -> int:
         """Image rows the batch's calls really ran, padding included."""
