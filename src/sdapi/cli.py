@@ -6,7 +6,6 @@ the command line wins over the environment. Bad configuration ends with one clea
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 from pydantic import ValidationError
 
-from sdapi import __version__
+from sdapi import __version__, logs
 from sdapi.errors import ConfigurationError
 from sdapi.settings import Settings
 
@@ -147,6 +146,10 @@ OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
         {"type": int, "help": "Bad keys per minute from one address before it is refused."},
     ),
     "--log-level": ("log_level", {"help": "debug, info, warning or error."}),
+    "--log-format": (
+        "log_format",
+        {"type": click.Choice(["text", "json"]), "help": "Log lines as text or JSON."},
+    ),
 }
 #: Where the shared state lives: what every process of one deployment must agree on.
 STORE_FLAGS = (
@@ -181,16 +184,6 @@ def load_settings(flags: dict[str, Any]) -> Settings:
         raise click.UsageError(f"invalid setting {field}: {err['msg']}") from None
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-    )
-    for noisy in ("httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 @click.group()
 @click.version_option(__version__, prog_name="sdapi")
 def main() -> None:
@@ -209,7 +202,7 @@ def serve(**flags: Any) -> None:
     from sdapi.worker.process import WorkerSupervisor
 
     settings = load_settings(flags)
-    configure_logging(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     if settings.workers:  # a bad --model fails here, not in a worker restarted forever
         for model in settings.model:
             _or_exit(check_model_ref, model)
@@ -267,13 +260,14 @@ def webhook_secret(**flags: Any) -> None:
     "--affinity-wait",
     "--max-attempts",
     "--log-level",
+    "--log-format",
 )
 def worker(**flags: Any) -> None:
     """Run one worker: claim jobs from the queue and generate their images."""
     from sdapi.worker.process import run_worker
 
     settings = load_settings(flags)
-    configure_logging(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     _or_exit(run_worker, settings)
 
 

@@ -6,7 +6,7 @@ Every field can be set by a CLI flag or by an `SDAPI_<NAME>` environment variabl
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -118,6 +118,8 @@ class Settings(BaseSettings):
     max_height: int = Field(default=1024, ge=64)
     max_steps: int = Field(default=50, ge=1)
     log_level: str = "info"
+    #: "text" or "json" (one object per line); either way each line names its jobs.
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("allow_hosts", "model", mode="before")
     @classmethod

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from sdapi import logs
 from sdapi.settings import Settings
 from tests.unit.test_api_v3 import start_server
 
@@ -41,3 +48,36 @@ def test_ready_needs_a_live_worker_and_a_short_queue() -> None:
         assert answer.status_code == 503 and answer.json()["reasons"] == ["no worker is alive"]
     for srv in start_server(Settings(sync_timeout=10, ready_max_queued=1), worker=True):
         assert srv.client.get("/ready").json() == {"status": "ready", "workers": 1, "queued": 0}
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """logs.configure replaces the root handlers (pytest's own among them): put them back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("root_logging")
+def test_log_lines_name_their_jobs_in_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    log = logging.getLogger("sdapi.test")
+    logs.configure("info", "json")
+    with logs.job_context([12]):
+        log.info("stored %d images", 2)
+        thread = logs.in_context(lambda: log.warning("beat missed"), "t")
+        thread.start()
+        thread.join()
+    with logs.job_context([3, 4]):
+        log.info("batch")
+    log.info("no job")
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(line.get("job_id"), line.get("job_ids")) for line in lines] == [
+        (12, None), (12, None), (None, [3, 4]), (None, None)
+    ]  # fmt: skip
+    assert lines[0]["message"] == "stored 2 images" and lines[0]["level"] == "info"
+    logs.configure("info", "text")
+    with logs.job_context([7]):
+        log.info("hello")
+    assert " sdapi.test job=7: hello" in capsys.readouterr().err

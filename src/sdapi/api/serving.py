@@ -56,5 +56,6 @@ def serve_app(app: FastAPI, *, host: str, port: int, log_level: str) -> None:
         log_level=log_level,
         access_log=False,
         timeout_graceful_shutdown=GRACEFUL_S,
+        log_config=None,  # uvicorn's lines go through sdapi.logs, in the same format
     )
     DrainingServer(config, app.state.draining).run()

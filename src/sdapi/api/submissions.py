@@ -7,6 +7,7 @@ not decode) happens before the job is written, so a bad request leaves nothing b
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import threading
 import time
@@ -20,9 +21,12 @@ from sdapi.errors import RateLimited, ServerBusy, UnsafeUrl, ValidationFailed
 from sdapi.eta import wait_for
 from sdapi.images import encode_png, load_image_input
 from sdapi.jobs import GenerationRequest, Job, Task
+from sdapi.logs import job_context
 from sdapi.queue.base import NewJob, QueueFull
 from sdapi.safeurl import UrlPolicy, parse_url, vet_literal
 from sdapi.settings import Settings
+
+log = logging.getLogger(__name__)
 
 #: Seeds picked for the client stay in the 32-bit range the real API shows.
 RANDOM_SEED_RANGE = 2**32
@@ -78,8 +82,13 @@ class Submissions:
         except BaseException:
             self._drop(stored.values())
             raise
-        if job.output_names != new.output_names:
-            self._drop(stored.values())
+        with job_context([job.id]):
+            if job.output_names != new.output_names:
+                self._drop(stored.values())
+                log.info("repeated track_id %r: answering the existing job", params.track_id)
+            else:
+                r = job.request
+                log.info("queued: %s %s %dx%d x%d", r.task, r.model, r.width, r.height, r.samples)
         return job
 
     def _refusal(self, full: QueueFull, owner: ApiKey) -> RateLimited:

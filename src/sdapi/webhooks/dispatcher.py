@@ -24,6 +24,7 @@ from typing import Any
 from sdapi.background import Loop
 from sdapi.errors import ImageFetchFailed, UnsafeUrl
 from sdapi.jobs import Job
+from sdapi.logs import job_context
 from sdapi.queue.base import JobQueue, WebhookEvent
 from sdapi.safeurl import UrlPolicy, fetch
 from sdapi.webhooks.signing import signature_headers
@@ -126,6 +127,10 @@ class WebhookDispatcher:
 
     def deliver(self, event: WebhookEvent) -> None:
         """One attempt: POST the signed body, then record delivered, retry or give up."""
+        with job_context([event.job_id]):
+            self._attempt(event)
+
+    def _attempt(self, event: WebhookEvent) -> None:
         job = self.queue.get(event.job_id)
         if job is None:
             self.queue.record_webhook(

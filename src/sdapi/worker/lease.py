@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from types import TracebackType
 
 from sdapi.jobs import Job
+from sdapi.logs import in_context
 from sdapi.queue.base import JobQueue
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class LeaseKeeper:
         self._lost: set[str] = set()
         self._cancelled: set[int] = set()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+        self._thread = in_context(self._run, "lease-keeper")  # its lines name the batch's jobs
 
     def __enter__(self) -> LeaseKeeper:
         self._thread.start()

@@ -18,6 +18,7 @@ from sdapi.engine.cache import EngineCache
 from sdapi.errors import DatabaseUnavailable, SdapiError
 from sdapi.images import encode_output
 from sdapi.jobs import GenerationRequest, Job
+from sdapi.logs import job_context
 from sdapi.queue.base import JobQueue, WorkerInfo
 from sdapi.storage.base import ImageStore
 from sdapi.worker.affinity import FAIR_EVERY_S, Affinity
@@ -172,6 +173,10 @@ class Worker:
 
     def process(self, jobs: list[Job]) -> None:
         """Run compatible jobs as one batch; each ends with its own outcome."""
+        with job_context(job.id for job in jobs):
+            self._process(jobs)
+
+    def _process(self, jobs: list[Job]) -> None:
         ids = [job.id for job in jobs]
         log.info("jobs %s: started (attempts %s)", ids, [job.attempts for job in jobs])
         started = time.monotonic()

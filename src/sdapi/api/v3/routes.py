@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter
@@ -23,8 +24,10 @@ from sdapi.auth.keys import ApiKey
 from sdapi.errors import JobNotFound, RateLimited
 from sdapi.eta import queue_time, wait_for
 from sdapi.jobs import Job, Task
+from sdapi.logs import job_context
 from sdapi.settings import Settings
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v3", tags=["v3"])
 
 
@@ -153,6 +156,10 @@ async def fetch_by_body(request: Request) -> dict[str, Any]:
 async def _cancel(request: Request, raw_id: Any) -> dict[str, Any]:
     state, job = await _owned(request, raw_id)
     job = await run_in_threadpool(state.backends.queue.cancel, job.id) or job
+    with job_context([job.id]):
+        log.info(
+            "cancel asked: the job is %s", "cancelling" if job.cancel_requested else job.status
+        )
     return translate.cancel_answer(job)
 
 
