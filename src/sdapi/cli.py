@@ -145,6 +145,10 @@ OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
         "max_key_failures",
         {"type": int, "help": "Bad keys per minute from one address before it is refused."},
     ),
+    "--ready-max-queued": (
+        "ready_max_queued",
+        {"type": int, "help": "/ready answers 503 above this many queued jobs (0 = no bound)."},
+    ),
     "--log-level": ("log_level", {"help": "debug, info, warning or error."}),
     "--log-format": (
         "log_format",
