@@ -265,11 +265,19 @@ def decode_base64_text(content: bytes, url: str = "") -> bytes:
         raise ProtocolError(f"{url or 'output'}: not valid base64 text", 200) from None
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def write_file(path: Path, data: bytes) -> Path:
     """Write all or nothing: a crash never leaves half an image under the final name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
+        # mkstemp makes the file 0600; a saved image gets the mode any new file would.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as out:
             out.write(data)
         os.replace(tmp, path)
