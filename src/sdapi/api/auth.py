@@ -42,7 +42,9 @@ async def authenticate(
         raise RateLimited(TOO_MANY_FAILURES, retry_after=wait)
     secret = key_from(request, body)
     key = None
-    if secret and len(secret) <= MAX_KEY_LENGTH:
+    # Issued keys are short ASCII: anything else is no key, and is never hashed or looked up
+    # (a lone surrogate from a JSON escape cannot even be encoded for hashing).
+    if secret and len(secret) <= MAX_KEY_LENGTH and secret.isascii():
         key = await run_in_threadpool(keys.verify, secret)
     if key is None:
         throttle.failed(address)

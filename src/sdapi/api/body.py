@@ -6,6 +6,8 @@ import json
 from typing import Any
 from urllib.parse import parse_qsl
 
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from sdapi.errors import MalformedBody
@@ -21,9 +23,7 @@ async def read_body(request: Request) -> dict[str, Any]:
         raise MalformedBody(f"The request body is larger than {MAX_BODY_BYTES} bytes")
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        # Base64 images arrive as large text parts; Starlette's 1 MB default would refuse them.
-        form = await request.form(max_part_size=MAX_BODY_BYTES)
-        return {k: v for k, v in form.items() if isinstance(v, str)}
+        return await _multipart(request)
     raw = await request.body()
     if len(raw) > MAX_BODY_BYTES:
         raise MalformedBody(f"The request body is larger than {MAX_BODY_BYTES} bytes")
@@ -34,6 +34,8 @@ async def read_body(request: Request) -> dict[str, Any]:
     # JSON is the documented form; clients that send no content type usually send JSON too.
     try:
         data = json.loads(raw)
+    except RecursionError:  # thousands of nested [ or {: no request field is nested at all
+        raise MalformedBody(detail="the JSON body is nested too deeply") from None
     except (UnicodeDecodeError, ValueError):
         if ctype in ("", "text/plain"):
             return _form(raw)
@@ -41,6 +43,18 @@ async def read_body(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise MalformedBody(detail="the JSON body must be an object")
     return data
+
+
+async def _multipart(request: Request) -> dict[str, Any]:
+    try:
+        # Base64 images arrive as large text parts; Starlette's 1 MB default would refuse them.
+        form = await request.form(max_part_size=MAX_BODY_BYTES)
+    except (MultiPartException, HTTPException) as exc:
+        # Starlette answers a broken multipart body with its own HTTP 400; the wire wants the
+        # v3 error (HTTP 200 unless --http-errors) like any other malformed body.
+        why = exc.message if isinstance(exc, MultiPartException) else exc.detail
+        raise MalformedBody(detail=f"the multipart body is not valid: {why}") from None
+    return {k: v for k, v in form.items() if isinstance(v, str)}
 
 
 def _form(raw: bytes) -> dict[str, Any]:

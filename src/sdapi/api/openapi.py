@@ -3,6 +3,7 @@
 FastAPI adds a 422 "validation error" answer to every route with parameters; sdapi never sends
 that shape (bad input is a v3 `status: "error"` answer, HTTP 200 unless `--http-errors`), so
 those entries go, and with `--http-errors` the 4xx answers are documented with the v3 error body.
+Generation bodies carry the serving app's own limits (`--max-width`, `--max-steps`, ...).
 """
 
 from __future__ import annotations
@@ -12,13 +13,20 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from sdapi.api.v3 import routes as v3
+
 _FASTAPI_ONLY = ("HTTPValidationError", "ValidationError")
 
 
 def install(app: FastAPI, *, http_errors: bool) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _document(app, http_errors)
+            doc = _document(app, http_errors)
+            state = getattr(app.state, "sdapi", None)
+            if state is None:  # not serving yet: the default limits, not worth keeping
+                return doc
+            v3.served_limits(doc, state.settings)
+            app.openapi_schema = doc
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -90,9 +90,22 @@ def _as_str(field: Field, raw: Any) -> str:
         raise FieldError(
             f"The {field.label} must not be greater than {field.max_length} characters."
         )
+    _check_text(field, text)
     if field.choices is not None and text not in field.choices:
         raise FieldError(f"The selected {field.label} is invalid.")
     return text
+
+
+def _check_text(field: Field, text: str) -> None:
+    """Text every store can keep: PostgreSQL refuses NUL, and a lone surrogate (a JSON escape
+    like "\\ud800") cannot be encoded as UTF-8 at all."""
+    if "\x00" in text:
+        raise FieldError(f"The {field.label} must not contain NUL characters.")
+    if not text.isascii():  # the common case, base64 images included, skips the copy below
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise FieldError(f"The {field.label} must be valid UTF-8 text.") from None
 
 
 def _as_float(field: Field, raw: Any) -> float:
@@ -100,7 +113,7 @@ def _as_float(field: Field, raw: Any) -> float:
         raise FieldError(f"The {field.label} must be a number.")
     try:
         value = float(raw.strip() if isinstance(raw, str) else raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond any float
         raise FieldError(f"The {field.label} must be a number.") from None
     if not math.isfinite(value):
         raise FieldError(f"The {field.label} must be a number.")
@@ -111,7 +124,10 @@ def _as_int(field: Field, raw: Any) -> int:
     if isinstance(raw, int) and not isinstance(raw, bool):
         return raw
     if isinstance(raw, str) and raw.strip().lstrip("+-").isdigit():
-        return int(raw.strip())  # exact, also for seeds beyond float precision
+        try:
+            return int(raw.strip())  # exact, also for seeds beyond float precision
+        except ValueError:  # "+-1", "²" (a digit int() refuses), or beyond 4300 digits
+            raise FieldError(f"The {field.label} must be an integer.") from None
     try:
         value = _as_float(field, raw)
     except FieldError:
@@ -151,26 +167,19 @@ def _num(value: float | None) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
+#: Numbers as strings ("7.5", "1e1"): what float() reads, less "inf", "nan" and "1_0".
+NUMBER_TEXT = r"^\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*$"
+_KINDS: dict[Kind, dict[str, Any]] = {
+    "str": {"type": "string"},
+    "int": {"anyOf": [{"type": "integer"}, {"type": "string", "pattern": r"^-?\d+$"}]},
+    "float": {"anyOf": [{"type": "number"}, {"type": "string", "pattern": NUMBER_TEXT}]},
+    "flag": {"anyOf": [{"type": "boolean"}, {"type": "string", "enum": ["yes", "no"]}]},
+}
+
+
 def json_schema(fields: Sequence[Field]) -> dict[str, Any]:
     """An OpenAPI schema for a body of these fields (documents the lenient forms too)."""
-    kinds = {
-        "str": {"type": "string"},
-        "int": {"anyOf": [{"type": "integer"}, {"type": "string", "pattern": r"^-?\d+$"}]},
-        "float": {"anyOf": [{"type": "number"}, {"type": "string"}]},
-        "flag": {"anyOf": [{"type": "boolean"}, {"type": "string", "enum": ["yes", "no"]}]},
-    }
-    props: dict[str, Any] = {}
-    for field in fields:
-        prop: dict[str, Any] = {**kinds[field.kind], "description": field.description}
-        if field.default is not None:
-            prop["default"] = field.default
-        if field.minimum is not None:
-            prop["minimum"] = field.minimum
-        if field.maximum is not None:
-            prop["maximum"] = field.maximum
-        if field.choices is not None:
-            prop["enum"] = sorted(field.choices)
-        props[field.name] = prop
+    props = {field.name: _property(field) for field in fields}
     required = [f.name for f in fields if f.required]
     return {
         "type": "object",
@@ -178,3 +187,26 @@ def json_schema(fields: Sequence[Field]) -> dict[str, Any]:
         "required": required,
         "additionalProperties": True,
     }
+
+
+def _property(field: Field) -> dict[str, Any]:
+    # Every rule read_fields applies, so schema-driven clients and fuzzers know the valid range.
+    prop: dict[str, Any] = {**_KINDS[field.kind], "description": field.description}
+    rules = {
+        "default": field.default,
+        "minimum": _exact(field.minimum),
+        "maximum": _exact(field.maximum),
+        "multipleOf": field.multiple_of,
+        "maxLength": field.max_length,
+        "enum": sorted(field.choices) if field.choices is not None else None,
+    }
+    prop.update({name: rule for name, rule in rules.items() if rule is not None})
+    if field.required and field.kind == "str":
+        # "" and blanks count as absent (ABSENT_STRINGS), so a required one is missing.
+        prop |= {"minLength": 1, "pattern": r"\S"}
+    return prop
+
+
+def _exact(bound: float | None) -> float | None:
+    # 2**64 - 1 as a float would be 2**64: integral bounds stay ints.
+    return int(bound) if isinstance(bound, float) and bound.is_integer() else bound

@@ -27,6 +27,8 @@ EXPIRED_MESSAGE = "Request expired: its images were removed at the end of their 
 MAX_SAMPLES = 4
 MAX_PROMPT_CHARS = 5000
 MAX_SEED = 2**64 - 1
+#: Job ids are 64-bit signed in every queue (SQLite INTEGER, PostgreSQL BIGINT).
+MAX_JOB_ID = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +140,8 @@ def generation_fields(settings: Settings, task: Task) -> list[Field]:
             minimum=0,
             maximum=1,
             aliases=("prompt_strength",),
-            description="img2img/inpaint: 1.0 replaces the init image entirely.",
+            description="img2img/inpaint: 1.0 replaces the init image entirely; the job runs"
+            " int(strength x num_inference_steps) steps, which must be at least 1.",
         ),
         Field(
             "init_image",
@@ -208,6 +211,8 @@ def read_generation(body: dict[str, Any], settings: Settings, task: Task) -> Gen
             f"The width x height x samples must be at most {settings.max_job_pixels} pixels"
             f" (this request asks for {pixels}).",
         )
+    if task is not Task.TEXT2IMG:
+        _check_denoising_steps(values["num_inference_steps"], values["strength"])
     if values["scheduler"] in UNSUPPORTED:
         name = values["scheduler"]
         raise ValidationFailed.one(
@@ -228,6 +233,17 @@ def read_generation(body: dict[str, Any], settings: Settings, task: Task) -> Gen
     return GenerationParams(**{k: v for k, v in values.items() if k in names})
 
 
+def _check_denoising_steps(steps: int, strength: float) -> None:
+    """img2img and inpaint run int(steps x strength) steps (as diffusers counts them); with none
+    the pipeline fails, so refuse here with the reason instead of failing the job."""
+    if int(steps * strength) < 1:
+        raise ValidationFailed.one(
+            "strength",
+            "The strength x num inference steps must be at least 1"
+            f" (this request asks for {steps} x {strength:g}).",
+        )
+
+
 JOBS_FIELDS = [
     Field(
         "limit",
@@ -240,5 +256,11 @@ JOBS_FIELDS = [
 ]
 
 FETCH_FIELDS = [
-    Field("request_id", "int", minimum=0, description="Job id (or put it in the path).")
+    Field(
+        "request_id",
+        "int",
+        minimum=0,
+        maximum=MAX_JOB_ID,
+        description="Job id (or put it in the path).",
+    )
 ]

@@ -17,6 +17,7 @@ from sdapi.api.v3.fields import Field, json_schema, read_fields
 from sdapi.api.v3.protocol import (
     FETCH_FIELDS,
     JOBS_FIELDS,
+    MAX_JOB_ID,
     generation_fields,
     read_generation,
 )
@@ -71,9 +72,35 @@ def _body_doc(fields: list[Field]) -> dict[str, Any]:
     }
 
 
-def _generation_doc(task: Task) -> dict[str, Any]:
-    # Documented with the default limits; model_construct() reads no environment at import.
-    return _body_doc(generation_fields(Settings.model_construct(), task))
+def _generation_doc(task: Task, settings: Settings | None = None) -> dict[str, Any]:
+    # At import: the default limits (model_construct() reads no environment); a serving app
+    # documents its own (served_limits).
+    return _body_doc(generation_fields(settings or Settings.model_construct(), task))
+
+
+GENERATION_PATHS = {
+    "/api/v3/text2img": Task.TEXT2IMG,
+    "/api/v3/img2img": Task.IMG2IMG,
+    "/api/v3/inpaint": Task.INPAINT,
+}
+#: The other routes whose body has numbers (ids, a limit).
+ID_BODIES = {
+    "/api/v3/fetch": FETCH_FIELDS,
+    "/api/v3/cancel": FETCH_FIELDS,
+    "/api/v3/jobs": JOBS_FIELDS,
+}
+
+
+def served_limits(doc: dict[str, Any], settings: Settings) -> None:
+    """Document the limits this server enforces (--max-width, ...) instead of the defaults, so
+    clients and schema-driven tools see the ranges that will really be accepted.
+
+    The bodies are set after FastAPI's own pass, which would turn integral bounds into floats
+    (2**64 - 1 becomes 2**64)."""
+    bodies = {path: _generation_doc(task, settings) for path, task in GENERATION_PATHS.items()}
+    bodies |= {path: _body_doc(fields) for path, fields in ID_BODIES.items()}
+    for path, body in bodies.items():
+        doc["paths"][path]["post"]["requestBody"] = body["requestBody"]
 
 
 @router.post(
@@ -127,6 +154,8 @@ def _own_job(state: AppState, key: ApiKey, raw_id: Any) -> Job:
         job_id = int(str(raw_id).strip())
     except ValueError:
         raise JobNotFound from None
+    if not 0 <= job_id <= MAX_JOB_ID:  # no such job, and beyond what a database can look up
+        raise JobNotFound
     job = state.backends.queue.get(job_id)
     if job is None or job.owner != key.id:
         raise JobNotFound
