@@ -86,6 +86,10 @@ class GenerationRequest:
     #: Names of the stored input images (img2img, inpaint), never user URLs.
     init_image: str | None = None
     mask_image: str | None = None
+    #: Scheduler options (sdapi.engine.schedulers.check_scheduler_options says which apply):
+    #: Karras sigmas on; DPM-Solver's variant ("dpmsolver++", ...). Off/None: the model's own.
+    use_karras_sigmas: bool = False
+    algorithm_type: str | None = None
 
     def seeds(self) -> list[int]:
         """One seed per image, so image i is the same whatever else runs beside it."""
@@ -94,7 +98,7 @@ class GenerationRequest:
     @property
     def batch_key(self) -> str:
         """Jobs with equal keys can share one pipeline call."""
-        parts = (
+        parts: list[object] = [
             self.model,
             self.task,
             f"{self.width}x{self.height}",
@@ -102,7 +106,13 @@ class GenerationRequest:
             self.scheduler or "default",
             self.guidance_scale,
             self.strength,
-        )
+        ]
+        # Appended only when set, so requests without these options keep the keys (and the
+        # rates learned under them) they had before the options existed.
+        if self.use_karras_sigmas:
+            parts.append("karras")
+        if self.algorithm_type is not None:
+            parts.append(self.algorithm_type)
         return "|".join(str(p) for p in parts)
 
     @property

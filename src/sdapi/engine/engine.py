@@ -1,7 +1,8 @@
 """`Engine`: one loaded model that turns a `GenerationRequest` into images.
 
-The text2img pipeline is loaded once; img2img and inpaint are derived from it with `from_pipe`
-on first use, so all three share one set of weights. Every call gets a fresh scheduler built from
+The text2img pipeline is loaded once (diffusers picks the family's class: SD 1.x/2.x, SDXL or
+SD3); img2img and inpaint are derived from it with `from_pipe` on first use, so all three share
+one set of weights. Every call gets a fresh scheduler built from
 the model's original scheduler config (schedulers are stateful, and a request's choice must not
 leak into the next call) and one CPU generator per image, seeded from the request, so an image
 depends only on its own seed: the same request gives the same bytes on any device, in any
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from sdapi.batching import Row, plan_calls
+from sdapi.engine.families import Family, check_size, family_of
 from sdapi.engine.models import load_pipeline
 from sdapi.engine.schedulers import make_scheduler
 from sdapi.jobs import GenerationRequest, Task
@@ -48,6 +50,8 @@ class Engine:
         self._pipes: dict[Task, DiffusionPipeline] = {}
         self._scheduler_config: dict[str, Any] = {}
         self._default_scheduler: type[SchedulerMixin] | None = None
+        #: "sd", "sdxl", "sd3" once loaded; None before, or for other kinds of pipeline.
+        self.family: Family | None = None
         # Reentrant: generate() holds it while calling load().
         self._lock = threading.RLock()
 
@@ -65,6 +69,7 @@ class Engine:
             # Kept before any request swaps the scheduler: every call starts from this.
             self._scheduler_config = dict(pipe.scheduler.config)
             self._default_scheduler = type(pipe.scheduler)
+            self.family = family_of(pipe)
             self._pipes[Task.TEXT2IMG] = pipe
 
     def memory_bytes(self) -> int:
@@ -112,16 +117,20 @@ class Engine:
         padded to `rows` so an image is the same whatever shares its call (sdapi.batching).
         Loads the model first if need be (ConfigurationError when it cannot). Raises
         GenerationCancelled when `on_step` returns False, ValueError for requests this model
-        cannot run (unknown scheduler, missing input image, a task the model lacks).
+        cannot run (a scheduler or option its family does not take, a size it cannot make, a
+        missing input image, a task the model lacks).
         """
         first = requests[0]
         calls = plan_calls(requests, rows)
         outputs: list[list[Image.Image]] = [[] for _ in requests]
         with self._lock:
             self.load()
+            if problem := check_size(self.family, first.width, first.height):
+                raise ValueError(f"model {self.model}: {problem}")
+            self._fresh_scheduler(first)  # refuses a bad scheduler before any work is done
             pipe = self._pipeline(first.task)
             for number, call in enumerate(calls):
-                pipe.scheduler = self._fresh_scheduler(first.scheduler)
+                pipe.scheduler = self._fresh_scheduler(first)
                 padded = call + [call[0]] * (rows - len(call))
                 inputs = _call_inputs(pipe, requests, images, padded)
                 if on_step is not None:
@@ -138,11 +147,19 @@ class Engine:
                     outputs[row.job].append(image)
         return outputs
 
-    def _fresh_scheduler(self, name: str | None) -> SchedulerMixin:
-        if name is None:
+    def _fresh_scheduler(self, request: GenerationRequest) -> SchedulerMixin:
+        """A new scheduler for one call; the batch's requests share these settings (batch key)."""
+        if request.scheduler is None and not _scheduler_options(request):
             assert self._default_scheduler is not None  # set by load()
             return self._default_scheduler.from_config(self._scheduler_config)
-        return make_scheduler(name, self._scheduler_config)
+        return make_scheduler(
+            request.scheduler,
+            self._scheduler_config,
+            family=self.family,
+            task=request.task,
+            use_karras_sigmas=request.use_karras_sigmas,
+            algorithm_type=request.algorithm_type,
+        )
 
     def _pipeline(self, task: Task) -> DiffusionPipeline:
         """The pipeline for `task`, derived from the text2img one on first use."""
@@ -157,6 +174,10 @@ class Engine:
             pipe.set_progress_bar_config(disable=True)  # from_pipe does not copy it
             self._pipes[task] = pipe
         return self._pipes[task]
+
+
+def _scheduler_options(request: GenerationRequest) -> bool:
+    return request.use_karras_sigmas or request.algorithm_type is not None
 
 
 def _call_inputs(

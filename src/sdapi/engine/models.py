@@ -1,9 +1,10 @@
 """Where a model comes from, and loading it as a diffusers text-to-image pipeline.
 
-A model reference is one of: the built-in `sdapi-tiny` (built on first use under the models
-directory), a local diffusers folder, or a Hugging Face repo id ("owner/name", downloaded into the
-models directory's hub cache). Every mistake an operator can make here becomes one clear
-`ConfigurationError` line, never a traceback.
+A model reference is one of: a built-in tiny model (`sdapi-tiny`, `sdapi-tiny-sdxl`,
+`sdapi-tiny-sd3`, built on first use under the models directory), a local diffusers folder, or a
+Hugging Face repo id ("owner/name", downloaded into the models directory's hub cache). Every
+mistake an operator can make here becomes one clear `ConfigurationError` line, never a traceback.
+`model_family` tells a reference's family without loading anything (torch-free).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sdapi.engine.tiny import MODEL_INDEX, TINY_MODEL_ID, build_tiny_model
+from sdapi.engine.families import Family, family_of_folder
+from sdapi.engine.tiny import BUILTIN_MODELS, MODEL_INDEX, build_tiny_model
 from sdapi.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -32,14 +34,14 @@ _MAX_REASON = 300
 
 def resolve_model_source(ref: str, models_dir: Path) -> str:
     """What to hand `from_pretrained` for `ref`: a local folder path or a hub repo id."""
-    if ref == TINY_MODEL_ID:
-        return str(build_tiny_model(Path(models_dir) / TINY_MODEL_ID))
+    if ref in BUILTIN_MODELS:
+        return str(build_tiny_model(Path(models_dir) / ref, ref))
     return check_model_ref(ref)
 
 
 def check_model_ref(ref: str) -> str:
     """Validate a reference without loading anything (cheap: `serve` calls it at start)."""
-    if ref == TINY_MODEL_ID:
+    if ref in BUILTIN_MODELS:
         return ref
     path = Path(ref).expanduser()
     if path.is_dir():
@@ -56,10 +58,37 @@ def check_model_ref(ref: str) -> str:
         raise ConfigurationError(f"model path {ref} does not exist")
     if not _is_repo_id(ref):
         raise ConfigurationError(
-            f"model {ref!r} is neither {TINY_MODEL_ID}, an existing folder, "
-            "nor a Hugging Face repo id (owner/name)"
+            f"model {ref!r} is neither a built-in model ({', '.join(BUILTIN_MODELS)}), "
+            "an existing folder, nor a Hugging Face repo id (owner/name)"
         )
     return ref
+
+
+def model_family(ref: str, models_dir: Path | None = None) -> Family | None:
+    """The family of `ref` without loading it: "sd", "sdxl", "sd3", or None when unknown.
+
+    Built-in models know theirs; folders (and hub models already in `models_dir`'s cache) say it
+    in model_index.json. A hub model not downloaded yet, or another kind of pipeline, is None.
+    Torch-free and cheap, for the API's request validation.
+    """
+    if ref in BUILTIN_MODELS:
+        return BUILTIN_MODELS[ref]
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return family_of_folder(path)
+    if models_dir is None or not _is_repo_id(ref):
+        return None
+    return _cached_family(ref, Path(models_dir) / "hub")
+
+
+def _cached_family(repo_id: str, cache_dir: Path) -> Family | None:
+    """The family of a hub model in huggingface_hub's cache layout, if it was downloaded."""
+    snapshots = cache_dir / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+    for folder in sorted(snapshots.glob("*")):
+        family = family_of_folder(folder)
+        if family is not None:
+            return family
+    return None
 
 
 def load_pipeline(ref: str, models_dir: Path, device: str = "cpu") -> DiffusionPipeline:
