@@ -47,8 +47,8 @@ OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
         "model",
         {
             "multiple": True,
-            "help": "Model served: sdapi-tiny, a Hugging Face repo id or a local "
-            "folder (repeatable; the first is the default).",
+            "help": "Model served: sdapi-tiny (or -sdxl, -sd3), a Hugging Face repo id or a "
+            "local folder (repeatable; the first is the default).",
         },
     ),
     "--workers": ("workers", {"type": int, "help": "Worker processes to start (0 = API only)."}),

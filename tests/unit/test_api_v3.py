@@ -429,3 +429,28 @@ def test_the_openapi_document_lists_real_answers_only(server: Server) -> None:
         "schema"
     ]["properties"]["width"]
     assert (width["default"], width["minimum"], width["maximum"]) == (512, 64, 1024)
+
+
+def test_scheduler_options_and_sizes_follow_the_models_family() -> None:
+    settings = Settings(model=("sdapi-tiny", "sdapi-tiny-sd3"), sync_timeout=0)
+    for srv in start_server(settings, worker=False):
+        karras = srv.post(
+            "/api/v3/text2img",
+            {"prompt": "p", "scheduler": "EulerDiscreteScheduler", "use_karras_sigmas": "yes",
+             "algorithm_type": None},
+        )  # fmt: skip
+        assert karras["status"] == "processing"
+        job = srv.backends.queue.get(karras["id"])
+        assert job is not None and job.request.use_karras_sigmas
+        sd3 = {"prompt": "p", "model_id": "sdapi-tiny-sd3"}
+        ddim = srv.post("/api/v3/text2img", {**sd3, "scheduler": "DDIMScheduler"})
+        assert "does not apply to sd3 models" in ddim["message"]["scheduler"][0]
+        odd = srv.post("/api/v3/text2img", {**sd3, "width": 72})
+        assert "multiples of 16" in odd["message"]["width"][0]
+        typo = srv.post(
+            "/api/v3/text2img",
+            {"prompt": "p", "scheduler": "DPMSolverMultistepScheduler",
+             "algorithm_type": "dpmsolver+++"},
+        )  # fmt: skip
+        assert "did you mean 'dpmsolver++'" in typo["message"]["algorithm_type"][0]
+        assert srv.backends.queue.stats().queued == 1

@@ -149,6 +149,8 @@ class Submissions:
             guidance_scale=params.guidance_scale,
             seed=seed,
             scheduler=params.scheduler,
+            use_karras_sigmas=params.use_karras_sigmas,
+            algorithm_type=params.algorithm_type,
             strength=params.strength if task is not Task.TEXT2IMG else None,
             init_image=stored.get("init_image"),
             mask_image=stored.get("mask_image"),

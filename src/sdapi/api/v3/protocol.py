@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from sdapi.api.v3.fields import Field, read_fields
-from sdapi.engine.schedulers import SCHEDULERS, UNSUPPORTED
+from sdapi.engine.families import Family, check_size
+from sdapi.engine.models import model_family
+from sdapi.engine.schedulers import SCHEDULERS, UNSUPPORTED, check_scheduler_options
 from sdapi.errors import ValidationFailed
 from sdapi.jobs import Task
 from sdapi.settings import Settings
@@ -60,6 +64,8 @@ class GenerationParams:
     deadline: float | None = None
     #: sdapi: also POST throttled progress events to the webhook while the job runs.
     webhook_progress: bool = False
+    use_karras_sigmas: bool = False
+    algorithm_type: str | None = None
 
 
 def generation_fields(settings: Settings, task: Task) -> list[Field]:
@@ -187,6 +193,19 @@ def generation_fields(settings: Settings, task: Task) -> list[Field]:
             description="Output links stop working after 24 hours (the server's --temp-ttl).",
         ),
         Field(
+            "use_karras_sigmas",
+            "flag",
+            default=False,
+            description="Karras noise schedule, for the schedulers that have one.",
+        ),
+        Field(
+            "algorithm_type",
+            "str",
+            max_length=32,
+            description="DPM-Solver variant: dpmsolver, dpmsolver++, sde-dpmsolver,"
+            " sde-dpmsolver++.",
+        ),
+        Field(
             "webhook_progress",
             "flag",
             default=False,
@@ -222,6 +241,7 @@ def read_generation(body: dict[str, Any], settings: Settings, task: Task) -> Gen
     # server does not serve is ignored too, not refused.
     if values["model_id"] not in settings.model:
         values["model_id"] = None
+    _check_family(values, settings, task)
     if values["seed"] == -1:
         values["seed"] = None
     # Image fields a task has no use for are ignored, like any unknown field.
@@ -231,6 +251,32 @@ def read_generation(body: dict[str, Any], settings: Settings, task: Task) -> Gen
         values["init_image"] = None
     names = {f.name for f in fields(GenerationParams)}
     return GenerationParams(**{k: v for k, v in values.items() if k in names})
+
+
+def _check_family(values: dict[str, Any], settings: Settings, task: Task) -> None:
+    """What the model's family cannot run (a scheduler or option it lacks, a size it cannot
+    make) is refused here, with the reason, instead of failing the job in the worker."""
+    family = _family(values["model_id"] or settings.default_model, settings.models_dir)
+    problem = check_scheduler_options(
+        values["scheduler"],
+        family,
+        values["use_karras_sigmas"],
+        values["algorithm_type"],
+        task=task,
+    )
+    if problem:
+        field = (
+            "algorithm_type" if values["algorithm_type"] and "algorithm" in problem else "scheduler"
+        )
+        raise ValidationFailed.one(field, f"{problem[0].upper()}{problem[1:].rstrip('.')}.")
+    if problem := check_size(family, values["width"], values["height"]):
+        raise ValidationFailed.one("width", f"{problem[0].upper()}{problem[1:].rstrip('.')}.")
+
+
+@functools.lru_cache(maxsize=256)
+def _family(model: str, models_dir: Path) -> Family | None:
+    # A model's family is fixed by its files; looked up once per model, not per request.
+    return model_family(model, models_dir)
 
 
 def _check_denoising_steps(steps: int, strength: float) -> None:
