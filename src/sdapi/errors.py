@@ -67,6 +67,13 @@ class JobNotFound(SdapiError):
     http_status = 404
 
 
+class ModelNotFound(SdapiError):
+    """A community-model route named a model this server does not serve (spec 9)."""
+
+    message = "Model id not found"
+    http_status = 404
+
+
 class ImageFetchFailed(SdapiError):
     """A user-supplied image URL that was refused or could not be fetched."""
 

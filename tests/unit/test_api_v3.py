@@ -454,3 +454,40 @@ def test_scheduler_options_and_sizes_follow_the_models_family() -> None:
         )  # fmt: skip
         assert "did you mean 'dpmsolver++'" in typo["message"]["algorithm_type"][0]
         assert srv.backends.queue.stats().queued == 1
+
+
+def test_the_sibling_families_share_the_handlers_with_their_own_spelling() -> None:
+    settings = Settings(model=("house", "other"), sync_timeout=0)
+    for srv in start_server(settings, worker=False):
+        body = {"prompt": "p", "width": 64, "height": 64}
+        missing = srv.post("/api/v3/dreambooth", body)
+        assert missing["message"] == {"model_id": ["The model id field is required."]}
+        unknown = srv.post("/api/v4/dreambooth", {**body, "model_id": "midjourney"})
+        assert unknown["status"] == "error" and unknown["message"] == "Model id not found"
+        v4 = srv.post("/api/v4/dreambooth/img2img", {**body, "model_id": "other",
+                                                      "init_image": png_b64()})  # fmt: skip
+        assert v4["status"] == "processing" and v4["meta"]["model"] == "other"
+        assert v4["fetch_result"] == f"{BASE}/api/v3/dreambooth/fetch/{v4['id']}"
+        assert v4["messege"] == "Try to fetch request after seconds estimated"
+        fetched = srv.post("/api/v4/dreambooth/fetch", {"request_id": v4["id"]})
+        assert fetched["status"] == "processing" and fetched["id"] == v4["id"]
+        realtime = srv.post("/api/v6/realtime/text2img", {**body, "model_id": "nope"})
+        assert realtime["meta"]["width"] == 64 and "W" not in realtime["meta"]
+        assert realtime["fetch_result"].endswith(f"/api/v6/realtime/fetch/{realtime['id']}")
+        assert realtime["proxy_links"] == realtime["future_links"]
+        assert srv.post(f"/api/v6/images/cancel/{realtime['id']}")["state"] == "cancelled"
+        models = srv.client.post("/api/v4/dreambooth/model_list", json={"key": srv.key}).json()
+        assert [m["model_id"] for m in models] == ["house", "other"]
+        assert models[0]["status"] == "model_ready"
+        reload = srv.post("/api/v4/dreambooth/model_reload", {"model_id": "other"})
+        assert reload["status"] == "success"
+
+
+def test_v6_success_answers_carry_proxy_links_and_the_nsfw_flag(server: Server) -> None:
+    answer = server.post(
+        "/api/v6/images/text2img",
+        {"prompt": "p", "width": 64, "height": 64, "model_id": "sdapi-tiny"},
+    )
+    assert answer["status"] == "success"
+    assert answer["proxy_links"] == answer["output"]
+    assert answer["nsfw_content_detected"] is False

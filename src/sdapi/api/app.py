@@ -63,6 +63,6 @@ def create_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
     app.add_middleware(HttpTiming, local=app.state.http_metrics)
     errors.install(app, http_errors=settings.http_errors)
     openapi.install(app, http_errors=settings.http_errors)
-    for router in (health.router, observability.router, v3.router, files.router, web.router):
+    for router in (health.router, observability.router, *v3.routers, files.router, web.router):
         app.include_router(router)
     return app

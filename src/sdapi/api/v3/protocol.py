@@ -11,13 +11,11 @@ from sdapi.api.v3.fields import Field, read_fields
 from sdapi.engine.families import Family, check_size
 from sdapi.engine.models import model_family
 from sdapi.engine.schedulers import SCHEDULERS, UNSUPPORTED, check_scheduler_options
-from sdapi.errors import ValidationFailed
+from sdapi.errors import ModelNotFound, ValidationFailed
 from sdapi.jobs import Task
 from sdapi.settings import Settings
 
 #: Verbatim wire strings that clients compare (spec 11.1a, 15).
-PROCESSING_MESSAGE = "Try to fetch request after given estimated time"
-PROCESSING_TIP = "for faster speed, keep resolution upto 512x512"
 FETCH_PROCESSING_MESSAGE = "try again later."
 FETCH_PROCESSING_TIP = (
     "Your image is processing in background, you can get this image using fetch API"
@@ -221,7 +219,11 @@ def generation_fields(settings: Settings, task: Task) -> list[Field]:
     ]
 
 
-def read_generation(body: dict[str, Any], settings: Settings, task: Task) -> GenerationParams:
+def read_generation(
+    body: dict[str, Any], settings: Settings, task: Task, *, model_required: bool = False
+) -> GenerationParams:
+    """The request's fields, checked. With `model_required` (the community-model families),
+    `model_id` must name a served model; otherwise an unknown one is ignored, as v3 did."""
     values = read_fields(body, generation_fields(settings, task))
     pixels = values["width"] * values["height"] * values["samples"]
     if pixels > settings.max_job_pixels:
@@ -238,7 +240,9 @@ def read_generation(body: dict[str, Any], settings: Settings, task: Task) -> Gen
             "scheduler", f"The scheduler {name} is not supported: {UNSUPPORTED[name]}."
         )
     # [compat] v3 clients send model_ids the real API ignored ("midjourney", ...): a model this
-    # server does not serve is ignored too, not refused.
+    # server does not serve is ignored too, not refused, except where the family requires one.
+    if model_required:
+        _check_model_id(values["model_id"], settings)
     if values["model_id"] not in settings.model:
         values["model_id"] = None
     _check_family(values, settings, task)
@@ -251,6 +255,13 @@ def read_generation(body: dict[str, Any], settings: Settings, task: Task) -> Gen
         values["init_image"] = None
     names = {f.name for f in fields(GenerationParams)}
     return GenerationParams(**{k: v for k, v in values.items() if k in names})
+
+
+def _check_model_id(model_id: str | None, settings: Settings) -> None:
+    if model_id is None:
+        raise ValidationFailed.one("model_id", "The model id field is required.")
+    if model_id not in settings.model:
+        raise ModelNotFound(detail=f"served models: {', '.join(settings.model)}")
 
 
 def _check_family(values: dict[str, Any], settings: Settings, task: Task) -> None:
@@ -300,6 +311,24 @@ JOBS_FIELDS = [
         description="How many of the key's newest jobs to list.",
     )
 ]
+
+MODEL_FIELDS = [
+    Field("model_id", "str", required=True, max_length=1024, description="A served model's id.")
+]
+
+
+def model_entry(model: str) -> dict[str, Any]:
+    """One item of model_list, in the spec's array shape (section 9)."""
+    return {
+        "model_id": model,
+        "status": "model_ready",
+        "created_at": None,
+        "instance_prompt": "",
+        "model_name": model,
+        "description": "",
+        "screenshots": "",
+    }
+
 
 FETCH_FIELDS = [
     Field(

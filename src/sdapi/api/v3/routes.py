@@ -1,8 +1,11 @@
-"""The v3 routes: thin handlers that read, authenticate, call the service, and answer."""
+"""The routes of every family (v3, dreambooth v3/v4, v6 images/realtime): thin handlers that
+read, authenticate, call the service, and answer in the family's spelling (see wires.py)."""
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter
@@ -18,18 +21,20 @@ from sdapi.api.v3.protocol import (
     FETCH_FIELDS,
     JOBS_FIELDS,
     MAX_JOB_ID,
+    MODEL_FIELDS,
     generation_fields,
+    model_entry,
     read_generation,
 )
+from sdapi.api.v3.wires import V3, WIRES, Wire
 from sdapi.auth.keys import ApiKey
-from sdapi.errors import JobNotFound, RateLimited
+from sdapi.errors import JobNotFound, ModelNotFound, RateLimited
 from sdapi.eta import queue_time, wait_for
 from sdapi.jobs import Job, Task
 from sdapi.logs import job_context
 from sdapi.settings import Settings
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/api/v3", tags=["v3"])
 
 
 async def _caller(request: Request) -> tuple[AppState, dict[str, Any], ApiKey]:
@@ -39,16 +44,20 @@ async def _caller(request: Request) -> tuple[AppState, dict[str, Any], ApiKey]:
     return state, body, key
 
 
-async def _generate(request: Request, task: Task) -> dict[str, Any]:
+async def _generate(request: Request, task: Task, wire: Wire) -> dict[str, Any]:
     state, body, key = await _caller(request)
-    params = read_generation(body, state.settings, task)
+    params = read_generation(body, state.settings, task, model_required=wire.model_required)
     _within_rate(state, key)
     base_url = state.base_url(request)
     job = await run_in_threadpool(state.submissions.create, key, task, params, base_url)
     timeout = 0.0 if params.instant_response else state.settings.sync_timeout
     job = await state.submissions.wait(job, timeout)
     wait = await run_in_threadpool(wait_for, state.backends.queue, job)
-    return translate.submitted(job, wait.eta, translate.Links(base_url, state.backends.images))
+    return translate.submitted(job, wait.eta, _links(state, request, wire), wire)
+
+
+def _links(state: AppState, request: Request, wire: Wire) -> translate.Links:
+    return translate.Links(state.base_url(request), state.backends.images, wire.fetch_result)
 
 
 def _within_rate(state: AppState, key: ApiKey) -> None:
@@ -72,23 +81,20 @@ def _body_doc(fields: list[Field]) -> dict[str, Any]:
     }
 
 
-def _generation_doc(task: Task, settings: Settings | None = None) -> dict[str, Any]:
+def _generation_doc(
+    task: Task, settings: Settings | None = None, wire: Wire = V3
+) -> dict[str, Any]:
     # At import: the default limits (model_construct() reads no environment); a serving app
     # documents its own (served_limits).
-    return _body_doc(generation_fields(settings or Settings.model_construct(), task))
+    doc = _body_doc(generation_fields(settings or Settings.model_construct(), task))
+    if wire.model_required:  # one schema object serves both content types
+        schema = doc["requestBody"]["content"]["application/json"]["schema"]
+        schema["required"] = [*schema["required"], "model_id"]
+    return doc
 
 
-GENERATION_PATHS = {
-    "/api/v3/text2img": Task.TEXT2IMG,
-    "/api/v3/img2img": Task.IMG2IMG,
-    "/api/v3/inpaint": Task.INPAINT,
-}
-#: The other routes whose body has numbers (ids, a limit).
-ID_BODIES = {
-    "/api/v3/fetch": FETCH_FIELDS,
-    "/api/v3/cancel": FETCH_FIELDS,
-    "/api/v3/jobs": JOBS_FIELDS,
-}
+#: The other routes whose body has numbers (ids, a limit), by path below a family's prefix.
+ID_BODIES = {"/fetch": FETCH_FIELDS, "/cancel": FETCH_FIELDS, "/jobs": JOBS_FIELDS}
 
 
 def served_limits(doc: dict[str, Any], settings: Settings) -> None:
@@ -97,40 +103,15 @@ def served_limits(doc: dict[str, Any], settings: Settings) -> None:
 
     The bodies are set after FastAPI's own pass, which would turn integral bounds into floats
     (2**64 - 1 becomes 2**64)."""
-    bodies = {path: _generation_doc(task, settings) for path, task in GENERATION_PATHS.items()}
-    bodies |= {path: _body_doc(fields) for path, fields in ID_BODIES.items()}
+    bodies: dict[str, dict[str, Any]] = {}
+    for wire in WIRES:
+        for task, path in wire.tasks.items():
+            bodies[wire.prefix + path] = _generation_doc(task, settings, wire)
+        for path, fields in ID_BODIES.items():
+            bodies[wire.prefix + path] = _body_doc(fields)
     for path, body in bodies.items():
-        doc["paths"][path]["post"]["requestBody"] = body["requestBody"]
-
-
-@router.post(
-    "/text2img",
-    summary="Generate images from a prompt",
-    openapi_extra=_generation_doc(Task.TEXT2IMG),
-    responses=schemas.JOB,
-)
-async def text2img(request: Request) -> dict[str, Any]:
-    return await _generate(request, Task.TEXT2IMG)
-
-
-@router.post(
-    "/img2img",
-    summary="Generate images from an image and a prompt",
-    openapi_extra=_generation_doc(Task.IMG2IMG),
-    responses=schemas.JOB,
-)
-async def img2img(request: Request) -> dict[str, Any]:
-    return await _generate(request, Task.IMG2IMG)
-
-
-@router.post(
-    "/inpaint",
-    summary="Repaint the masked part of an image",
-    openapi_extra=_generation_doc(Task.INPAINT),
-    responses=schemas.JOB,
-)
-async def inpaint(request: Request) -> dict[str, Any]:
-    return await _generate(request, Task.INPAINT)
+        if path in doc["paths"]:
+            doc["paths"][path]["post"]["requestBody"] = body["requestBody"]
 
 
 async def _owned(request: Request, raw_id: Any) -> tuple[AppState, Job]:
@@ -141,11 +122,11 @@ async def _owned(request: Request, raw_id: Any) -> tuple[AppState, Job]:
     return state, await run_in_threadpool(_own_job, state, key, raw_id)
 
 
-async def _fetch(request: Request, raw_id: Any) -> dict[str, Any]:
+async def _fetch(request: Request, raw_id: Any, wire: Wire) -> dict[str, Any]:
     state, job = await _owned(request, raw_id)
     wait = await run_in_threadpool(wait_for, state.backends.queue, job)
-    links = translate.Links(state.base_url(request), state.backends.images)
-    return translate.fetched(job, wait.eta, links, position=wait.position)
+    links = _links(state, request, wire)
+    return translate.fetched(job, wait.eta, links, position=wait.position, wire=wire)
 
 
 def _own_job(state: AppState, key: ApiKey, raw_id: Any) -> Job:
@@ -162,79 +143,108 @@ def _own_job(state: AppState, key: ApiKey, raw_id: Any) -> Job:
     return job
 
 
-@router.post(
-    "/fetch/{job_id}",
-    summary="Result of a queued job",
-    openapi_extra=_body_doc([]),
-    responses=schemas.JOB,
-)
-async def fetch_by_path(request: Request, job_id: str) -> dict[str, Any]:
-    return await _fetch(request, job_id)
-
-
-@router.post(
-    "/fetch",
-    summary="Result of a queued job, id as request_id in the body",
-    openapi_extra=_body_doc(FETCH_FIELDS),
-    responses=schemas.JOB,
-)
-async def fetch_by_body(request: Request) -> dict[str, Any]:
-    return await _fetch(request, None)
-
-
 async def _cancel(request: Request, raw_id: Any) -> dict[str, Any]:
     state, job = await _owned(request, raw_id)
     job = await run_in_threadpool(state.backends.queue.cancel, job.id) or job
+    state_now = "cancelling" if job.cancel_requested else job.status
     with job_context([job.id]):
-        log.info(
-            "cancel asked: the job is %s", "cancelling" if job.cancel_requested else job.status
-        )
+        log.info("cancel asked: the job is %s", state_now)
     return translate.cancel_answer(job)
 
 
-@router.post(
-    "/cancel/{job_id}",
-    summary="Cancel a queued or running job",
-    openapi_extra=_body_doc([]),
-    responses=schemas.CANCEL,
-)
-async def cancel_by_path(request: Request, job_id: str) -> dict[str, Any]:
-    return await _cancel(request, job_id)
-
-
-@router.post(
-    "/cancel",
-    summary="Cancel a job, id as request_id in the body",
-    openapi_extra=_body_doc(FETCH_FIELDS),
-    responses=schemas.CANCEL,
-)
-async def cancel_by_body(request: Request) -> dict[str, Any]:
-    return await _cancel(request, None)
-
-
-@router.post(
-    "/jobs",
-    summary="The key's newest jobs (sdapi)",
-    openapi_extra=_body_doc(JOBS_FIELDS),
-    responses=schemas.JOBS,
-)
-async def jobs(request: Request) -> dict[str, Any]:
+async def _jobs(request: Request) -> dict[str, Any]:
     state, body, key = await _caller(request)
     limit = read_fields(body, JOBS_FIELDS)["limit"]
     found = await run_in_threadpool(state.backends.queue.recent, key.id, limit=limit)
-    links = translate.Links(state.base_url(request), state.backends.images)
+    links = _links(state, request, V3)
     return {"status": "success", "jobs": [translate.summary(job, links) for job in found]}
 
 
-@router.post(
-    "/system_load",
-    summary="Queue depth and the time to drain it",
-    openapi_extra=_body_doc([]),
-    responses=schemas.LOAD,
-)
-async def system_load(request: Request) -> dict[str, Any]:
+async def _system_load(request: Request) -> dict[str, Any]:
     state, _, _ = await _caller(request)
     queue = state.backends.queue
     stats = await run_in_threadpool(queue.stats)
     seconds = await run_in_threadpool(queue_time, queue)
     return {"queue_num": stats.queued + stats.processing, "queue_time": seconds, "status": "ok"}
+
+
+async def _model_list(request: Request) -> list[dict[str, Any]]:
+    state, _, _ = await _caller(request)
+    return [model_entry(model) for model in state.settings.model]
+
+
+async def _model_reload(request: Request) -> dict[str, Any]:
+    state, body, _ = await _caller(request)
+    model_id = read_fields(body, MODEL_FIELDS)["model_id"]
+    if model_id not in state.settings.model:
+        raise ModelNotFound
+    # Workers load a served model when a job needs it and keep it while memory allows: there
+    # is nothing idle to bring back, so the model is ready as it stands.
+    return {"status": "success", "message": "Model is ready", "model_id": model_id}
+
+
+TASK_SUMMARIES = {
+    Task.TEXT2IMG: "Generate images from a prompt",
+    Task.IMG2IMG: "Generate images from an image and a prompt",
+    Task.INPAINT: "Repaint the masked part of an image",
+}
+
+
+def family_router(wire: Wire) -> APIRouter:
+    """Every route of one family, on the shared handlers."""
+    router = APIRouter(prefix=wire.prefix, tags=[wire.name])
+    post = functools.partial(router.add_api_route, methods=["POST"], response_model=None)
+    for task, path in wire.tasks.items():
+        post(
+            path,
+            _bind(_generate, task, wire),
+            summary=TASK_SUMMARIES[task],
+            openapi_extra=_generation_doc(task, None, wire),
+            responses=schemas.JOB,
+        )
+    fetch_doc = {"responses": schemas.JOB}
+    post("/fetch/{job_id}", _with_id(_fetch, wire), summary="Result of a job",
+         openapi_extra=_body_doc([]), **fetch_doc)  # fmt: skip
+    post("/fetch", _bind(_fetch, None, wire), summary="Result of a job, id as request_id",
+         openapi_extra=_body_doc(FETCH_FIELDS), **fetch_doc)  # fmt: skip
+    post("/cancel/{job_id}", _with_id(_cancel), summary="Cancel a queued or running job",
+         openapi_extra=_body_doc([]), responses=schemas.CANCEL)  # fmt: skip
+    post("/cancel", _bind(_cancel, None), summary="Cancel a job, id as request_id",
+         openapi_extra=_body_doc(FETCH_FIELDS), responses=schemas.CANCEL)  # fmt: skip
+    _extras(wire, post)
+    return router
+
+
+def _extras(wire: Wire, post: Callable[..., Any]) -> None:
+    if "jobs" in wire.extras:
+        post("/jobs", _jobs, summary="The key's newest jobs (sdapi)",
+             openapi_extra=_body_doc(JOBS_FIELDS), responses=schemas.JOBS)  # fmt: skip
+    if "system_load" in wire.extras:
+        post("/system_load", _system_load, summary="Queue depth and the time to drain it",
+             openapi_extra=_body_doc([]), responses=schemas.LOAD)  # fmt: skip
+    if "model_list" in wire.extras:
+        post("/model_list", _model_list, summary="The models this server serves",
+             openapi_extra=_body_doc([]), responses=schemas.MODELS)  # fmt: skip
+        post("/model_reload", _model_reload, summary="Make sure a model is ready",
+             openapi_extra=_body_doc(MODEL_FIELDS), responses=schemas.RELOAD)  # fmt: skip
+
+
+def _bind(handler: Callable[..., Any], *args: Any) -> Callable[[Request], Any]:
+    """A route endpoint calling `handler(request, *args)`."""
+
+    async def endpoint(request: Request) -> Any:
+        return await handler(request, *args)
+
+    return endpoint
+
+
+def _with_id(handler: Callable[..., Any], *args: Any) -> Callable[[Request, str], Any]:
+    """A route endpoint taking the job id from the path."""
+
+    async def endpoint(request: Request, job_id: str) -> Any:
+        return await handler(request, job_id, *args)
+
+    return endpoint
+
+
+routers = [family_router(wire) for wire in WIRES]

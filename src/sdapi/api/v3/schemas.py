@@ -18,10 +18,13 @@ class _Answer(BaseModel):
 
 
 class Meta(_Answer):
-    """The parameters the job ran with (spec 11.4), both safety-checker spellings included."""
+    """The parameters the job ran with (spec 11.4), both safety-checker spellings included.
+    The size is H/W, or width/height on the v6 realtime routes."""
 
-    H: int
-    W: int
+    H: int | None = None
+    W: int | None = None
+    height: int | None = None
+    width: int | None = None
     prompt: str
     negative_prompt: str
     n_samples: int
@@ -141,12 +144,29 @@ class SystemLoad(_Answer):
     status: Literal["ok"]
 
 
-def answers(*models: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+class ModelItem(_Answer):
+    model_id: str
+    status: str
+    created_at: str | None
+    instance_prompt: str
+    model_name: str
+    description: str
+    screenshots: str
+
+
+class Reloaded(_Answer):
+    status: Literal["success"]
+    message: str
+    model_id: str
+
+
+def answers(*models: Any) -> dict[int | str, dict[str, Any]]:
     """`responses=` for a route that answers any of `models` (all HTTP 200 on the v3 wire)."""
     union: Any = models[0]
     for model in models[1:]:
         union = union | model
-    return {200: {"model": union, "description": " | ".join(m.__name__ for m in models)}}
+    names = " | ".join(getattr(m, "__name__", str(m)) for m in models)
+    return {200: {"model": union, "description": names}}
 
 
 #: Generation calls and fetch answer a job in whatever state it is.
@@ -154,3 +174,6 @@ JOB = answers(Success, Processing, Failed, Cancelled, Error)
 CANCEL = answers(CancelAnswer, Error)
 JOBS = answers(JobList, Error)
 LOAD = answers(SystemLoad, Error)
+#: model_list answers a bare JSON array (spec 9), or the error object.
+MODELS = answers(list[ModelItem], Error)  # type: ignore[arg-type]
+RELOAD = answers(Reloaded, Error)

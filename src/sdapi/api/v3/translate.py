@@ -17,10 +17,9 @@ from sdapi.api.v3.protocol import (
     FAILED_MESSAGE,
     FETCH_PROCESSING_MESSAGE,
     FETCH_PROCESSING_TIP,
-    PROCESSING_MESSAGE,
-    PROCESSING_TIP,
     TOO_LATE_MESSAGE,
 )
+from sdapi.api.v3.wires import BACKGROUND_TIP, V3, Wire
 from sdapi.jobs import Job, JobStatus, Task
 from sdapi.storage.base import ImageStore
 
@@ -31,6 +30,8 @@ class Links:
 
     base_url: str
     images: ImageStore
+    #: The family's fetch route, which `fetch_result` points at.
+    fetch_path: str = V3.fetch_result
 
     def image(self, name: str) -> str:
         return self.images.url(name, self.base_url)
@@ -39,15 +40,16 @@ class Links:
         return [self.image(name) for name in job.output_names]
 
     def fetch(self, job: Job) -> str:
-        return f"{self.base_url.rstrip('/')}/api/v3/fetch/{job.id}"
+        return f"{self.base_url.rstrip('/')}{self.fetch_path}/{job.id}"
 
 
-def meta(job: Job, links: Links) -> dict[str, Any]:
+def meta(job: Job, links: Links, wire: Wire = V3) -> dict[str, Any]:
     """The parameters the job was generated with (spec 11.4), only ones sdapi really used."""
     r = job.request
+    width_key, height_key = wire.size_keys
     data: dict[str, Any] = {
-        "H": r.height,
-        "W": r.width,
+        height_key: r.height,
+        width_key: r.width,
         "prompt": r.prompt,
         "negative_prompt": r.negative_prompt,
         "n_samples": r.samples,
@@ -85,37 +87,48 @@ def _echo_image(job: Job, links: Links, field: str, stored: str | None) -> str |
     return given if given else (links.image(stored) if stored else None)
 
 
-def submitted(job: Job, eta: float, links: Links) -> dict[str, Any]:
+def submitted(job: Job, eta: float, links: Links, wire: Wire = V3) -> dict[str, Any]:
     """The answer to a generation call: success if done within the sync window, else processing."""
     if job.status is JobStatus.PROCESSING or job.status is JobStatus.QUEUED:
-        return {
+        answer = {
             "status": "processing",
-            "tip": PROCESSING_TIP,
+            "tip": wire.processing_tip,
             "eta": round(eta, 2),
-            "messege": PROCESSING_MESSAGE,
-            "message": PROCESSING_MESSAGE,
+            "messege": wire.processing_message,
+            "message": wire.processing_message,
             "fetch_result": links.fetch(job),
             "id": job.id,
             "output": [],
-            "meta": meta(job, links),
+            "meta": meta(job, links, wire),
             "webhook_status": job.webhook_status,
             "future_links": links.outputs(job),
         }
-    return fetched(job, eta, links, position=None)
+        return answer | _v6_links(job, links) if wire.v6 else answer
+    return fetched(job, eta, links, position=None, wire=wire)
 
 
-def fetched(job: Job, eta: float, links: Links, *, position: int | None) -> dict[str, Any]:
+def _v6_links(job: Job, links: Links) -> dict[str, Any]:
+    # v6 clients read proxy_links (a CDN copy on the real service): here the same URLs.
+    return {"proxy_links": links.outputs(job), "tip_1": BACKGROUND_TIP}
+
+
+def fetched(
+    job: Job, eta: float, links: Links, *, position: int | None, wire: Wire = V3
+) -> dict[str, Any]:
     """The answer to fetch: processing (with eta, progress, place in line), success or failed."""
     if job.status is JobStatus.SUCCESS:
-        return {
+        answer = {
             "status": "success",
             "generationTime": job.generation_seconds or 0.0,
             "id": job.id,
             "output": links.outputs(job),
-            "meta": meta(job, links),
+            "meta": meta(job, links, wire),
             "future_links": links.outputs(job),
             "webhook_status": job.webhook_status,
         }
+        if wire.v6:  # no checker has run yet: nothing was detected
+            answer |= {"proxy_links": links.outputs(job), "nsfw_content_detected": False}
+        return answer
     if job.status is JobStatus.CANCELLED:
         return cancelled(job)
     if job.status is JobStatus.EXPIRED:
