@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
-from sdapi.errors import ConfigurationError
+from sdapi.errors import ConfigurationError, DatabaseUnavailable
 
 BUSY_TIMEOUT_MS = 10_000
 MIGRATIONS_PACKAGE = "sdapi.database.migrations.sqlite"
@@ -37,7 +37,7 @@ class SQLiteDatabase:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.migrate()
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, sqlite3.Error, DatabaseUnavailable) as exc:
             raise ConfigurationError(f"cannot open SQLite database {path}: {exc}") from exc
 
     @classmethod
@@ -59,15 +59,23 @@ class SQLiteDatabase:
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction that holds the database's write lock from its first statement."""
+        """A write transaction that holds the database's write lock from its first statement.
+
+        A full disk, an I/O error or a lock held past the busy timeout is DatabaseUnavailable:
+        the API answers it as a clear 503-style error and workers wait it out, as for a
+        PostgreSQL outage; nothing half-written stays (the transaction rolls back).
+        """
         conn = self.connection()
-        conn.execute("BEGIN IMMEDIATE")
+        with _unavailable_when_transient():
+            conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn
+            with _unavailable_when_transient():
+                yield conn
+                conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     def migrate(self) -> list[str]:
         """Apply the numbered migrations not yet applied, in order; returns their names."""
@@ -94,6 +102,22 @@ class SQLiteDatabase:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+#: SQLite's primary result codes for conditions that pass: busy or locked past the timeout,
+#: disk I/O errors, a full disk, a read-only file (a remount), a file that cannot be opened.
+_TRANSIENT = frozenset({5, 6, 8, 10, 13, 14})
+
+
+@contextmanager
+def _unavailable_when_transient() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is None or code & 0xFF not in _TRANSIENT:
+            raise
+        raise DatabaseUnavailable(detail=f"SQLite: {exc}") from exc
 
 
 def _migrations() -> list[tuple[str, str]]:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from sdapi.errors import ConfigurationError, StorageError
 from sdapi.storage.base import FOLDERS, is_valid_name
+
+#: A temporary file this old is no write in progress (a put takes milliseconds) but the leftover
+#: of a process killed mid-write: removed when a store opens.
+STALE_PART_S = 600.0
 
 
 class LocalStore:
@@ -18,6 +24,15 @@ class LocalStore:
                 (root / folder).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigurationError(f"cannot create image directory {root}: {exc}") from exc
+        self._remove_stale_parts()
+
+    def _remove_stale_parts(self) -> None:
+        cutoff = time.time() - STALE_PART_S
+        for folder in FOLDERS:
+            for part in (self.root / folder).glob(".tmp-*.part"):
+                with contextlib.suppress(OSError):  # gone already, or not ours to remove
+                    if part.stat().st_mtime < cutoff:
+                        part.unlink()
 
     def _path(self, name: str) -> Path:
         if not is_valid_name(name):
