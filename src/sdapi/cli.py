@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -18,7 +19,9 @@ import click
 from pydantic import ValidationError
 
 from sdapi import __version__, logs
+from sdapi.engine.families import FAMILIES
 from sdapi.errors import ConfigurationError
+from sdapi.registry import MODELS_FILE_ENV, Defaults, ModelEntry, Registry
 from sdapi.settings import Settings
 
 if TYPE_CHECKING:
@@ -47,9 +50,14 @@ OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
         "model",
         {
             "multiple": True,
-            "help": "Model served: sdapi-tiny (or -sdxl, -sd3), a Hugging Face repo id or a "
-            "local folder (repeatable; the first is the default).",
+            "help": "Model served: a model registry id (sdapi models list), sdapi-tiny (or "
+            "-sdxl, -sd3), a Hugging Face repo id, a local folder or a .safetensors file "
+            "(repeatable; the first is the default).",
         },
+    ),
+    "--models-file": (
+        "models_file",
+        {"help": "Model registry file (default <data-dir>/models.toml)."},
     ),
     "--workers": ("workers", {"type": int, "help": "Worker processes to start (0 = API only)."}),
     "--device": ("device", {"help": "auto, cpu, cuda or cuda:N."}),
@@ -112,6 +120,10 @@ OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "--retention": (
         "retention",
         {"help": "Remove outputs this long after their job ended (e.g. 7d; 0 = keep)."},
+    ),
+    "--forget-after": (
+        "forget_after",
+        {"help": "Forget expired jobs this long after they ended (default 30d; 0 = keep)."},
     ),
     "--temp-ttl": ("temp_ttl", {"help": 'How long temp: "yes" links work (default 24h).'}),
     "--job-deadline": (
@@ -207,12 +219,14 @@ def serve(**flags: Any) -> None:
 
     settings = load_settings(flags)
     logs.configure(settings.log_level, settings.log_format)
+    registry = _or_exit(_load_registry, settings)
     if settings.workers:  # a bad --model fails here, not in a worker restarted forever
         for model in settings.model:
-            _or_exit(check_model_ref, model)
+            _or_exit(check_model_ref, model, registry, settings.models_dir)
     backends = _or_exit(open_backends, settings)
     _or_exit(server_secret, settings)  # a bad --webhook-secret stops here, in one line
     _first_key(backends.keys)
+    _publish_registry(settings)
     supervisor = WorkerSupervisor(settings, settings.workers)
     supervisor.start()
     try:
@@ -254,6 +268,7 @@ def webhook_secret(**flags: Any) -> None:
 @settings_options(
     *STORE_FLAGS,
     "--model",
+    "--models-file",
     "--device",
     "--threads",
     "--lease-seconds",
@@ -272,6 +287,8 @@ def worker(**flags: Any) -> None:
 
     settings = load_settings(flags)
     logs.configure(settings.log_level, settings.log_format)
+    _or_exit(_load_registry, settings)  # a broken registry file stops here, in one line
+    _publish_registry(settings)
     _or_exit(run_worker, settings)
 
 
@@ -343,6 +360,142 @@ def keys_revoke(key_id: str, **flags: Any) -> None:
     if key is None:
         raise click.ClickException(f"no single key matches {key_id!r}")
     click.echo(f"revoked {key.id} ({key.name})")
+
+
+@main.group()
+def models() -> None:
+    """Declare, list and remove the models clients can ask for (the model registry).
+
+    A model is declared once with its id (the model_id clients send), its source and request
+    defaults; serve it with `--model ID`.
+    """
+
+
+REGISTRY_FLAGS = ("--data-dir", "--models-file")
+#: Their click parameter names.
+REGISTRY_PARAMS = tuple(OPTIONS[flag][0] for flag in REGISTRY_FLAGS)
+#: `models add` flags that are request defaults (click's parameter names).
+DEFAULT_OPTIONS = ("width", "height", "steps", "guidance_scale", "scheduler", "negative_prompt")
+
+
+@models.command("list")
+@settings_options(*REGISTRY_FLAGS, "--model")
+def models_list(**flags: Any) -> None:
+    """List the declared and built-in models, and which ones --model serves."""
+    settings = load_settings(flags)
+    registry = _or_exit(_load_registry, settings)
+    rows = [("ID", "FAMILY", "SERVED", "SOURCE")]
+    rows += [_model_row(entry, registry, settings) for entry in _listed(registry, settings)]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        click.echo("  ".join([*cells, row[3]]))  # the source last, unpadded
+    click.echo(f"({len(registry.declared)} declared in {registry.path})", err=True)
+
+
+def _listed(registry: Registry, settings: Settings) -> list[ModelEntry]:
+    """Every model in the registry, then served models named directly (folders, repo ids)."""
+    entries = list(registry)
+    return entries + [registry.resolve(m) for m in settings.model if m not in registry]
+
+
+def _model_row(entry: ModelEntry, registry: Registry, settings: Settings) -> tuple[str, ...]:
+    from sdapi.engine.models import model_family
+
+    family = model_family(entry.id, settings.models_dir, registry) or "?"
+    served = {settings.default_model: "default", **dict.fromkeys(settings.model[1:], "yes")}
+    source = "built-in" if entry.builtin else entry.source
+    if entry.config:
+        source += f" (config: {entry.config})"
+    return entry.id, family, served.get(entry.id, "-"), source
+
+
+@models.command("add")
+@settings_options(*REGISTRY_FLAGS)
+@click.argument("model_id")
+@click.argument("source")
+@click.option("--family", type=click.Choice(FAMILIES), help="sd, sdxl or sd3 (default: detected).")
+@click.option(
+    "--config",
+    help="For a .safetensors file: the base model's diffusers folder, a built-in model, or a "
+    "repo id already in the models directory's hub cache (its configs; never downloaded).",
+)
+@click.option("--name", default="", help="model_name in model_list (default: the id).")
+@click.option("--description", default="", help="Description in model_list.")
+@click.option("--instance-prompt", default="", help="Trigger words (model_list instance_prompt).")
+@click.option("--width", type=click.IntRange(min=1), help="Default width.")
+@click.option("--height", type=click.IntRange(min=1), help="Default height.")
+@click.option("--steps", type=click.IntRange(min=1), help="Default num_inference_steps.")
+@click.option("--guidance-scale", type=click.FloatRange(min=0), help="Default guidance_scale.")
+@click.option("--scheduler", help="Default scheduler (a wire scheduler name).")
+@click.option("--negative-prompt", help="Default negative_prompt.")
+def models_add(model_id: str, source: str, **options: Any) -> None:
+    """Declare MODEL_ID, loaded from SOURCE.
+
+    SOURCE is a diffusers folder, a .safetensors checkpoint, a Hugging Face repo id (owner/name)
+    or a built-in model. The family is detected when the source shows it.
+    """
+    flags = {name: options.pop(name) for name in REGISTRY_PARAMS}
+    settings = load_settings(flags)
+    registry = _or_exit(_load_registry, settings)
+    defaults = Defaults(**{name: options.pop(name) for name in DEFAULT_OPTIONS})
+    entry = ModelEntry(
+        id=model_id,
+        source=_stored_source(source),
+        defaults=defaults,
+        created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **options,
+    )
+    entry = _or_exit(_checked_entry, entry, registry, settings)
+    path = _or_exit(registry.with_entry(entry).save)
+    family = entry.family or "family detected when it is loaded"
+    click.echo(f"added {entry.id} ({family}) to {path}; serve it with --model {entry.id}")
+
+
+def _stored_source(source: str) -> str:
+    # An existing path is stored absolute: the server may run from another directory.
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else source
+
+
+def _checked_entry(entry: ModelEntry, registry: Registry, settings: Settings) -> ModelEntry:
+    """`entry` once its source is checked, with the family the source shows when none was
+    given; ConfigurationError when the source is missing, unusable, or of another family."""
+    from sdapi.engine.models import check_model_ref, model_family
+
+    added = registry.with_entry(entry)  # the id, family and defaults
+    check_model_ref(entry.id, added, settings.models_dir)
+    detected = model_family(entry.source, settings.models_dir, Registry())
+    if entry.family and detected and entry.family != detected:
+        raise ConfigurationError(f"the family of {entry.source} is {detected}, not {entry.family}")
+    if entry.family or not detected:
+        return entry
+    entry = replace(entry, family=detected)
+    registry.with_entry(entry)  # defaults again, now against the family (sd3 sizes)
+    return entry
+
+
+@models.command("remove")
+@settings_options(*REGISTRY_FLAGS)
+@click.argument("model_id")
+def models_remove(model_id: str, **flags: Any) -> None:
+    """Remove MODEL_ID from the registry (its files stay where they are)."""
+    settings = load_settings(flags)
+    registry = _or_exit(_load_registry, settings)
+    path = _or_exit(lambda: registry.without(model_id).save())
+    click.echo(f"removed {model_id} from {path}")
+
+
+def _load_registry(settings: Settings) -> Registry:
+    return Registry.load(settings.models_path)
+
+
+def _publish_registry(settings: Settings) -> None:
+    """Name the registry file in $SDAPI_MODELS_FILE (the variable the setting itself reads) for
+    the code of this process that knows no settings: an Engine loading its model by registry id,
+    the API checking a model's family. Done once the configuration is checked, just before
+    serving, so a command that stops on a configuration error leaves the environment alone."""
+    os.environ[MODELS_FILE_ENV] = os.path.abspath(settings.models_path)
 
 
 #: Where the client commands send requests unless --server or SDAPI_SERVER say otherwise.

@@ -2,7 +2,8 @@
 
 Files go first, then the job is marked expired: a crash in between leaves a job whose next
 sweep deletes nothing more and marks it (deleting is idempotent), never an `expired` job whose
-files linger.
+files linger. Expired jobs keep their row (fetch answers "expired") until `--forget-after`,
+then the row goes too, so history stays bounded.
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ class RetentionSweeper:
         *,
         retention_s: float,
         temp_ttl_s: float = MAX_SWEEP_INTERVAL_S,
+        forget_after_s: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.queue = queue
         self.images = images
         self.retention_s = retention_s
+        self.forget_after_s = forget_after_s
         self.clock = clock
         shortest = min(t for t in (retention_s, temp_ttl_s) if t) if retention_s else temp_ttl_s
         every = min(MAX_SWEEP_INTERVAL_S, max(shortest / 10, 1.0))
@@ -64,4 +67,14 @@ class RetentionSweeper:
         self.queue.expire([job.id for job in due])
         if due:
             log.info("retention: removed the files of %d jobs", len(due))
-        return len(due)
+        return len(due) + self._forget()
+
+    def _forget(self) -> int:
+        """Expired jobs past the history window lose their rows too: history stays bounded."""
+        if not self.forget_after_s:
+            return 0
+        before = self.clock() - self.forget_after_s
+        forgotten = self.queue.forget(finished_before=before, limit=SWEEP_BATCH)
+        if forgotten:
+            log.info("retention: forgot %d expired jobs", forgotten)
+        return forgotten

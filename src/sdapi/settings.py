@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     #: Models served: `sdapi-tiny`, Hugging Face repo ids or local diffusers folders. The first
     #: is the house model of v3 calls without `model_id`; workers keep as many loaded as fit.
     model: Annotated[tuple[str, ...], NoDecode] = (DEFAULT_MODEL,)
+    #: The model registry (sdapi.registry): `[models.<id>]` tables naming each model's source,
+    #: family and request defaults; `--model` takes their ids. Empty means
+    #: `<data_dir>/models.toml` (a missing file is an empty registry).
+    models_file: str = ""
     #: Worker subprocesses started by `sdapi serve` (0 = API only).
     workers: int = Field(default=1, ge=0, le=64)
     device: str = "auto"
@@ -94,6 +98,9 @@ class Settings(BaseSettings):
     #: Outputs (and inputs) are removed this long after their job ended, which then fetches as
     #: expired; 0 keeps them forever.
     retention: float = Field(default=0, ge=0)
+    #: Expired jobs (see retention) are forgotten this long after they ended: fetch then
+    #: answers "Request not found" instead of expired; 0 keeps their rows forever.
+    forget_after: float = Field(default=30 * DAY_S, ge=0)
     #: How long `temp: "yes"` links work (the spec's 24 hours).
     temp_ttl: float = Field(default=DAY_S, gt=0)
     #: A job still queued this long after submission fails instead of starting; 0 = no limit.
@@ -131,6 +138,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "webhook_retry_window", "retention", "temp_ttl", "job_deadline", "track_id_window",
+        "forget_after",
         mode="before",
     )  # fmt: skip
     @classmethod
@@ -159,6 +167,15 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def models_path(self) -> Path:
+        """The model registry file."""
+        return (
+            Path(self.models_file).expanduser()
+            if self.models_file
+            else self.data_dir / "models.toml"
+        )
 
     def as_env(self) -> dict[str, str]:
         """The settings as SDAPI_* variables, to hand the same configuration to a subprocess."""

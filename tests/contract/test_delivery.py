@@ -262,3 +262,20 @@ def test_metrics_count_each_end_once_in_its_own_transaction(queue: JobQueue) -> 
     assert got[("sdapi_generation_seconds_bucket", size + ',le="0.5"')] == 0
     assert got[("sdapi_webhook_deliveries_total", 'outcome="failed"')] == 1
     assert got[("sdapi_batch_images_sum", "")] == 3
+
+
+def test_forget_deletes_only_old_expired_jobs_and_ids_never_come_back(
+    queue: JobQueue, clock: FakeClock
+) -> None:
+    old = submit(queue, webhook=HOOK)
+    run_to_success(queue, old)
+    clock.advance(100)
+    young = submit(queue)
+    run_to_success(queue, young)
+    kept = submit(queue)
+    run_to_success(queue, kept)  # ended but not expired: never forgotten
+    queue.expire([old, young])
+    assert queue.forget(finished_before=clock() - 50, limit=10) == 1
+    assert queue.get(old) is None and queue.get(young) is not None and queue.get(kept)
+    assert queue.claim_webhooks(limit=10, lease_s=60) == []  # its event went with it
+    assert submit(queue) > kept

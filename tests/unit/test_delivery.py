@@ -182,3 +182,14 @@ def test_progress_events_are_throttled_signed_and_only_for_jobs_that_asked(
         for p in (0.05, 0.3)  # 0.1 was too small a step after 0.05
     ]
     assert len({c["headers"]["webhook-id"] for c in send.calls}) == 2
+
+
+def test_the_sweeper_forgets_expired_jobs_after_the_history_window(clock: FakeClock) -> None:
+    queue, images = MemoryQueue(clock=clock), MemoryStore()
+    job = queue.enqueue(NewJob("k", make_request(), ("generations/p-0.png",)))
+    queue.cancel(job.id)
+    sweeper = RetentionSweeper(queue, images, retention_s=10, forget_after_s=100, clock=clock)
+    clock.advance(11)
+    assert sweeper.sweep() == 1 and queue.get(job.id).status is JobStatus.EXPIRED  # type: ignore[union-attr]
+    clock.advance(90)
+    assert sweeper.sweep() == 1 and queue.get(job.id) is None

@@ -46,6 +46,7 @@ def start_housekeeping(settings: Settings, backends: Backends) -> Callable[[], N
         backends.images,
         retention_s=settings.retention,
         temp_ttl_s=settings.temp_ttl,
+        forget_after_s=settings.forget_after,
     )
     services = (dispatcher, progress, sweeper)
     for service in services:

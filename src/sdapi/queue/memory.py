@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
@@ -49,6 +50,7 @@ class MemoryQueue:
         self._call_rows: dict[str, int] = {}
         self._workers: dict[str, float] = {}
         self._outbox: dict[str, _Outbox] = {}
+        self._ids = itertools.count(1)  # ids only grow, even once old jobs are forgotten
         self._metrics = LocalMetrics()
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
@@ -61,7 +63,7 @@ class MemoryQueue:
             live = [j for j in self._jobs.values() if not j.status.is_terminal]
             enforce_caps(new, lambda: sum(j.owner == new.owner for j in live), lambda: len(live))
             job = Job(
-                id=len(self._jobs) + 1,
+                id=next(self._ids),
                 owner=new.owner,
                 status=JobStatus.QUEUED,
                 request=new.request,
@@ -370,6 +372,17 @@ class MemoryQueue:
                 job = self._jobs.get(job_id)
                 if job is not None and job.status in _ENDED:
                     self._jobs[job_id] = job.evolve(status=JobStatus.EXPIRED)
+
+    def forget(self, *, finished_before: float, limit: int) -> int:
+        with self._lock:
+            old = sorted(
+                j.id for j in self._jobs.values()
+                if j.status is JobStatus.EXPIRED and (j.finished_at or 0) < finished_before
+            )[:limit]  # fmt: skip
+            for job_id in old:
+                del self._jobs[job_id]
+            self._outbox = {k: o for k, o in self._outbox.items() if o.event.job_id not in old}
+        return len(old)
 
     def record_metrics(self, samples: Sequence[Sample]) -> None:
         self._metrics.add(samples)

@@ -52,6 +52,8 @@ from sdapi.queue.rows import (
     EXPIRE,
     FAIL,
     FAIL_LATE,
+    FORGET_EVENTS,
+    FORGET_JOBS,
     JOB_WEBHOOK_STATUS,
     LATE_IDS,
     OWNER_LIVE,
@@ -404,6 +406,11 @@ class PostgresQueue:
         with self.db.transaction() as conn:
             for job_id in job_ids:
                 conn.execute(EXPIRE.format(p="%s"), (job_id,))
+
+    def forget(self, *, finished_before: float, limit: int) -> int:
+        with self.db.transaction() as conn:
+            conn.execute(FORGET_EVENTS.format(p="%s"), (finished_before, limit))
+            return conn.execute(FORGET_JOBS.format(p="%s"), (finished_before, limit)).rowcount
 
     def record_metrics(self, samples: Sequence[Sample]) -> None:
         with self.db.transaction() as conn:

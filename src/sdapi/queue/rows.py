@@ -81,6 +81,12 @@ RELEASE = (
     " lease_expires_at = NULL, worker_id = NULL, progress = 0, started_at = NULL"
     " WHERE lease_id = {p} AND status = 'processing'"
 )
+#: Expired jobs past the history window: their rows go, and their outbox events with them.
+FORGETTABLE = (
+    "SELECT id FROM jobs WHERE status = 'expired' AND finished_at < {p} ORDER BY id LIMIT {p}"
+)
+FORGET_EVENTS = f"DELETE FROM webhook_events WHERE job_id IN ({FORGETTABLE})"
+FORGET_JOBS = f"DELETE FROM jobs WHERE id IN ({FORGETTABLE})"
 RECENT = "SELECT * FROM jobs WHERE owner = {p} ORDER BY id DESC LIMIT {p}"
 RUNNING = "SELECT * FROM jobs WHERE status = 'processing' ORDER BY id LIMIT {p}"
 #: Queued jobs past their deadline fail instead of starting.

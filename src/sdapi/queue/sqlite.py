@@ -37,6 +37,8 @@ from sdapi.queue.rows import (
     EXPIRE,
     FAIL,
     FAIL_LATE,
+    FORGET_EVENTS,
+    FORGET_JOBS,
     JOB_WEBHOOK_STATUS,
     LATE_IDS,
     OWNER_LIVE,
@@ -370,6 +372,11 @@ class SQLiteQueue:
         with self.db.write() as conn:
             for job_id in job_ids:
                 conn.execute(EXPIRE.format(p="?"), (job_id,))
+
+    def forget(self, *, finished_before: float, limit: int) -> int:
+        with self.db.write() as conn:
+            conn.execute(FORGET_EVENTS.format(p="?"), (finished_before, limit))
+            return conn.execute(FORGET_JOBS.format(p="?"), (finished_before, limit)).rowcount
 
     def record_metrics(self, samples: Sequence[Sample]) -> None:
         with self.db.write() as conn:
