@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -491,3 +492,22 @@ def test_v6_success_answers_carry_proxy_links_and_the_nsfw_flag(server: Server) 
     assert answer["status"] == "success"
     assert answer["proxy_links"] == answer["output"]
     assert answer["nsfw_content_detected"] is False
+
+
+def test_registry_models_list_and_fill_their_defaults(tmp_path: Path) -> None:
+    (tmp_path / "models.toml").write_text(
+        '[models.painter]\nsource = "sdapi-tiny"\nname = "Painter"\n'
+        "[models.painter.defaults]\nwidth = 128\nsteps = 3\n"
+    )
+    settings = Settings(
+        model=("painter", "sdapi-tiny"), models_file=str(tmp_path / "models.toml"), sync_timeout=0
+    )
+    for srv in start_server(settings, worker=False):
+        models = srv.client.post("/api/v4/dreambooth/model_list", json={"key": srv.key}).json()
+        assert (models[0]["model_id"], models[0]["model_name"]) == ("painter", "Painter")
+        filled = srv.post("/api/v3/text2img", {"prompt": "p", "height": 64})
+        assert (filled["meta"]["W"], filled["meta"]["H"], filled["meta"]["steps"]) == (128, 64, 3)
+        mine = srv.post("/api/v3/text2img", {"prompt": "p", "width": 64, "steps": 2})
+        assert (mine["meta"]["W"], mine["meta"]["steps"]) == (64, 2)
+        other = srv.post("/api/v3/text2img", {"prompt": "p", "model_id": "sdapi-tiny"})
+        assert other["meta"]["W"] == 512  # another model: the server's own defaults

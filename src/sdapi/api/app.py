@@ -18,6 +18,7 @@ from sdapi.api.v3 import routes as v3
 from sdapi.backends import Backends, open_backends
 from sdapi.limits import FailureThrottle
 from sdapi.metrics import LocalMetrics
+from sdapi.registry import Registry
 from sdapi.safeurl import UrlPolicy
 from sdapi.settings import Settings
 
@@ -47,6 +48,7 @@ def create_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
             opened,
             Submissions(settings, opened, policy, app.state.draining),
             throttle=FailureThrottle(settings.max_key_failures),
+            registry=Registry.load(settings.models_path),
         )
         stop_housekeeping = start_housekeeping(settings, opened)
         try:

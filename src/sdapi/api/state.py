@@ -9,6 +9,7 @@ from starlette.requests import Request
 from sdapi.api.submissions import Submissions
 from sdapi.backends import Backends
 from sdapi.limits import FailureThrottle, RateLimiter
+from sdapi.registry import Registry
 from sdapi.settings import Settings
 
 
@@ -17,6 +18,8 @@ class AppState:
     settings: Settings
     backends: Backends
     submissions: Submissions
+    #: The model registry, read once at start (a changed file takes effect on restart).
+    registry: Registry = field(default_factory=Registry)
     #: Per-process request limits (see sdapi.limits).
     limiter: RateLimiter = field(default_factory=RateLimiter)
     throttle: FailureThrottle = field(default_factory=lambda: FailureThrottle(0))

@@ -7,12 +7,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from sdapi.api.v3.fields import Field, read_fields
+from sdapi.api.v3.fields import Field, is_absent, read_fields
 from sdapi.engine.families import Family, check_size
 from sdapi.engine.models import model_family
 from sdapi.engine.schedulers import SCHEDULERS, UNSUPPORTED, check_scheduler_options
 from sdapi.errors import ModelNotFound, ValidationFailed
 from sdapi.jobs import Task
+from sdapi.registry import Registry
 from sdapi.settings import Settings
 
 #: Verbatim wire strings that clients compare (spec 11.1a, 15).
@@ -317,17 +318,24 @@ MODEL_FIELDS = [
 ]
 
 
-def model_entry(model: str) -> dict[str, Any]:
-    """One item of model_list, in the spec's array shape (section 9)."""
-    return {
-        "model_id": model,
-        "status": "model_ready",
-        "created_at": None,
-        "instance_prompt": "",
-        "model_name": model,
-        "description": "",
-        "screenshots": "",
-    }
+#: Registry default names -> the wire fields they fill.
+DEFAULT_FIELDS = {"steps": "num_inference_steps"}
+
+
+def with_model_defaults(
+    body: dict[str, Any], registry: Registry, settings: Settings
+) -> dict[str, Any]:
+    """The body with the requested model's registry defaults (width, steps, scheduler, ...)
+    filling the fields the client left out; what the client sent always wins."""
+    model = body.get("model_id")
+    if not isinstance(model, str) or model not in settings.model:
+        model = settings.default_model
+    defaults = registry.defaults_for(model).as_dict()
+    filled = {DEFAULT_FIELDS.get(name, name): value for name, value in defaults.items()}
+    given = {name: value for name, value in body.items() if not is_absent(value)}
+    if "steps" in given:  # the wire's alias of num_inference_steps
+        filled.pop("num_inference_steps", None)
+    return {**filled, **given}
 
 
 FETCH_FIELDS = [

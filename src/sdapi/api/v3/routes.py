@@ -23,8 +23,8 @@ from sdapi.api.v3.protocol import (
     MAX_JOB_ID,
     MODEL_FIELDS,
     generation_fields,
-    model_entry,
     read_generation,
+    with_model_defaults,
 )
 from sdapi.api.v3.wires import V3, WIRES, Wire
 from sdapi.auth.keys import ApiKey
@@ -46,6 +46,7 @@ async def _caller(request: Request) -> tuple[AppState, dict[str, Any], ApiKey]:
 
 async def _generate(request: Request, task: Task, wire: Wire) -> dict[str, Any]:
     state, body, key = await _caller(request)
+    body = with_model_defaults(body, state.registry, state.settings)
     params = read_generation(body, state.settings, task, model_required=wire.model_required)
     _within_rate(state, key)
     base_url = state.base_url(request)
@@ -170,7 +171,7 @@ async def _system_load(request: Request) -> dict[str, Any]:
 
 async def _model_list(request: Request) -> list[dict[str, Any]]:
     state, _, _ = await _caller(request)
-    return [model_entry(model) for model in state.settings.model]
+    return state.registry.model_list(state.settings.model)
 
 
 async def _model_reload(request: Request) -> dict[str, Any]:
