@@ -90,6 +90,16 @@ class GenerationRequest:
     #: Karras sigmas on; DPM-Solver's variant ("dpmsolver++", ...). Off/None: the model's own.
     use_karras_sigmas: bool = False
     algorithm_type: str | None = None
+    #: LoRAs as (name, weight) and textual-inversion embeddings by name, installed in the models
+    #: folder (sdapi.engine.adapters parses and checks them). They change the whole call.
+    loras: tuple[tuple[str, float], ...] = ()
+    embeddings: tuple[str, ...] = ()
+    #: Run the NSFW safety checker on the images; a flagged one is replaced the
+    #: `safety_checker_type` way: black, blur, pixelate or sensitive_content_text.
+    safety_checker: bool = False
+    safety_checker_type: str = "black"
+    #: The CLIP layer the prompt is read from, counted as on the wire: 1 (or None) is the last.
+    clip_skip: int | None = None
 
     def seeds(self) -> list[int]:
         """One seed per image, so image i is the same whatever else runs beside it."""
@@ -113,7 +123,29 @@ class GenerationRequest:
             parts.append("karras")
         if self.algorithm_type is not None:
             parts.append(self.algorithm_type)
+        parts.extend(self._model_option_key_parts())
         return "|".join(str(p) for p in parts)
+
+    def _model_option_key_parts(self) -> list[str]:
+        """The batch key's parts for LoRAs, embeddings, clip_skip and the safety checker.
+
+        Sorted: the engine applies a set of LoRAs or embeddings the same whatever their order.
+        clip_skip 1 is the default. `safety_checker_type` is left out: the replacement is made
+        per image after the call. The checker itself is in, although it changes no pixel of an
+        image it passes: a missing checker fails the whole call, and must fail only the jobs
+        that asked for it; its time is also learned apart.
+        """
+        parts: list[str] = []
+        if self.loras:
+            loras = sorted((name, float(weight)) for name, weight in self.loras)
+            parts.append("lora:" + ",".join(f"{name}={weight!r}" for name, weight in loras))
+        if self.embeddings:
+            parts.append("embeddings:" + ",".join(sorted(self.embeddings)))
+        if self.clip_skip not in (None, 1):
+            parts.append(f"clip_skip:{self.clip_skip}")
+        if self.safety_checker:
+            parts.append("safety_checker")
+        return parts
 
     @property
     def work_units(self) -> float:
@@ -130,6 +162,11 @@ class GenerationRequest:
     def from_json(cls, text: str) -> GenerationRequest:
         data = json.loads(text)
         data["task"] = Task(data["task"])
+        # JSON has lists; the fields are tuples (hashable, immutable). Older jobs lack them.
+        if "loras" in data:
+            data["loras"] = tuple((str(name), float(weight)) for name, weight in data["loras"])
+        if "embeddings" in data:
+            data["embeddings"] = tuple(data["embeddings"])
         return cls(**data)
 
 

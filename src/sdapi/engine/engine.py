@@ -7,6 +7,11 @@ the model's original scheduler config (schedulers are stateful, and a request's 
 leak into the next call) and one CPU generator per image, seeded from the request, so an image
 depends only on its own seed: the same request gives the same bytes on any device, in any
 process. Inpainting pastes the init image back outside the mask.
+
+Per request, and undone before the next call (sdapi.engine.adapter_loader): LoRAs with their
+weights and textual-inversion embeddings from the models folder; `clip_skip`. After the call,
+the images of requests that ask for it go through the safety checker (sdapi.engine.safety), and
+flagged ones are replaced; `generate_batch_checked` also says which.
 """
 
 from __future__ import annotations
@@ -15,13 +20,22 @@ import inspect
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from PIL import Image
 
 from sdapi.batching import Row, plan_calls
-from sdapi.engine.families import Family, check_size, family_of
+from sdapi.engine import clip_skip as clip_skips
+from sdapi.engine.adapter_loader import Adapters
+from sdapi.engine.families import SD, Family, check_size, family_of
 from sdapi.engine.models import load_pipeline
+from sdapi.engine.safety import (
+    SafetyChecker,
+    check_safety_checker_type,
+    checker_source,
+    load_checker,
+    replace_flagged,
+)
 from sdapi.engine.schedulers import make_scheduler
 from sdapi.jobs import GenerationRequest, Task
 
@@ -36,17 +50,35 @@ class GenerationCancelled(Exception):
     """`on_step` returned False: the generation stopped early and made no images."""
 
 
+class CheckedBatch(NamedTuple):
+    """What `generate_batch_checked` returns, per request, per image."""
+
+    images: list[list[Image.Image]]
+    #: True where the safety checker flagged the image (and it was replaced); False where it
+    #: passed or was not checked (the request did not ask): `nsfw_content_detected`.
+    nsfw: list[list[bool]]
+
+
 class Engine:
     """One model on one device. Calls are serialised: the pipelines are shared, mutable state."""
 
     def __init__(
-        self, model: str, models_dir: Path, device: str = "cpu", threads: int | None = None
+        self,
+        model: str,
+        models_dir: Path,
+        device: str = "cpu",
+        threads: int | None = None,
+        safety_checker: str | None = None,
     ) -> None:
         #: The model reference as given (repo id, folder or `sdapi-tiny`).
         self.model = model
         self.models_dir = Path(models_dir)
         self.device = device
         self.threads = threads
+        #: Which safety checker (sdapi.engine.safety.checker_source); None: the environment's
+        #: SDAPI_SAFETY_CHECKER, then the models folder's, then the built-in for tiny models.
+        self.safety_checker = safety_checker
+        self._adapters = Adapters(self.models_dir)
         self._pipes: dict[Task, DiffusionPipeline] = {}
         self._scheduler_config: dict[str, Any] = {}
         self._default_scheduler: type[SchedulerMixin] | None = None
@@ -90,6 +122,7 @@ class Engine:
         """Drop the pipelines so their memory can be reused (GPU memory is released too)."""
         with self._lock:
             self._pipes.clear()
+            self._adapters.reset()
             if self.device.startswith("cuda"):
                 import torch
 
@@ -118,34 +151,118 @@ class Engine:
         Loads the model first if need be (ConfigurationError when it cannot). Raises
         GenerationCancelled when `on_step` returns False, ValueError for requests this model
         cannot run (a scheduler or option its family does not take, a size it cannot make, a
-        missing input image, a task the model lacks).
+        missing input image, a task the model lacks, a LoRA or embedding that is missing or
+        does not fit). Images the safety checker flags come back replaced;
+        `generate_batch_checked` also says which.
+        """
+        return self.generate_batch_checked(requests, images, rows, on_step).images
+
+    def generate_checked(
+        self,
+        request: GenerationRequest,
+        images: Mapping[str, Image.Image] | None = None,
+        on_step: StepCallback | None = None,
+    ) -> tuple[list[Image.Image], list[bool]]:
+        """`generate`, with the safety checker's verdict per image (see `CheckedBatch.nsfw`)."""
+        result = self.generate_batch_checked([request], [images or {}], request.samples, on_step)
+        return result.images[0], result.nsfw[0]
+
+    def generate_batch_checked(
+        self,
+        requests: Sequence[GenerationRequest],
+        images: Sequence[Mapping[str, Image.Image]],
+        rows: int,
+        on_step: StepCallback | None = None,
+    ) -> CheckedBatch:
+        """`generate_batch`, with the safety checker's verdict per image.
+
+        The batch's requests share their LoRAs, embeddings and clip_skip (the batch key says
+        so); each request has its own safety checker settings.
         """
         first = requests[0]
         calls = plan_calls(requests, rows)
         outputs: list[list[Image.Image]] = [[] for _ in requests]
         with self._lock:
             self.load()
-            if problem := check_size(self.family, first.width, first.height):
-                raise ValueError(f"model {self.model}: {problem}")
-            self._fresh_scheduler(first)  # refuses a bad scheduler before any work is done
-            pipe = self._pipeline(first.task)
+            checker = self._checker(requests)  # a missing checker fails before any work
+            pipe = self._prepare(first)
             for number, call in enumerate(calls):
-                pipe.scheduler = self._fresh_scheduler(first)
+                progress = None if on_step is None else _overall(on_step, number, len(calls))
                 padded = call + [call[0]] * (rows - len(call))
-                inputs = _call_inputs(pipe, requests, images, padded)
-                if on_step is not None:
-                    inputs["callback_on_step_end"] = _step_callback(
-                        _overall(on_step, number, len(calls))
-                    )
-                result = pipe(**inputs)
-                for index, row in enumerate(call):  # the padding rows are dropped
-                    image = result.images[index].convert("RGB")
-                    if first.task is Task.INPAINT:
-                        image = _keep_unmasked(
-                            image, inputs["image"][index], inputs["mask_image"][index]
-                        )
+                call_images = self._run_call(pipe, requests, images, padded, progress)
+                for row, image in zip(call, call_images, strict=False):  # drops the padding
                     outputs[row.job].append(image)
-        return outputs
+            nsfw = _check_safety(checker, requests, outputs)
+        return CheckedBatch(outputs, nsfw)
+
+    def _run_call(
+        self,
+        pipe: DiffusionPipeline,
+        requests: Sequence[GenerationRequest],
+        images: Sequence[Mapping[str, Image.Image]],
+        rows: Sequence[Row],
+        on_step: StepCallback | None,
+    ) -> list[Image.Image]:
+        """One pipeline call: an RGB image per row."""
+        first = requests[0]
+        pipe.scheduler = self._fresh_scheduler(first)
+        inputs = _call_inputs(pipe, requests, images, rows)
+        inputs |= self._clip_skip_input(pipe, first)
+        if on_step is not None:
+            inputs["callback_on_step_end"] = _step_callback(on_step)
+        with clip_skips.final_norm_shim(pipe, "clip_skip" in inputs):
+            result = pipe(**inputs)
+        made = [image.convert("RGB") for image in result.images]
+        if first.task is Task.INPAINT:
+            made = [
+                _keep_unmasked(image, init, mask)
+                for image, init, mask in zip(
+                    made, inputs["image"], inputs["mask_image"], strict=True
+                )
+            ]
+        return made
+
+    def _prepare(self, request: GenerationRequest) -> DiffusionPipeline:
+        """Check what the batch asks of this model, and set its LoRAs and embeddings."""
+        if problem := check_size(self.family, request.width, request.height):
+            raise ValueError(f"model {self.model}: {problem}")
+        self._fresh_scheduler(request)  # refuses a bad scheduler before any work is done
+        pipe = self._pipeline(request.task)
+        self._clip_skip_input(pipe, request)  # refuses a bad clip_skip likewise
+        self._adapters.apply(
+            self._pipes[Task.TEXT2IMG], self.family, request.loras, request.embeddings
+        )
+        return pipe
+
+    def _checker(self, requests: Sequence[GenerationRequest]) -> SafetyChecker | None:
+        """The safety checker when any request asks for it (loaded once per process)."""
+        asking = [request for request in requests if request.safety_checker]
+        if not asking:
+            return None
+        for request in asking:  # refused now rather than after the work
+            if problem := check_safety_checker_type(request.safety_checker_type):
+                raise ValueError(problem)
+        source = checker_source(self.safety_checker, self.models_dir, self.model)
+        return load_checker(source, self.device, self.models_dir / "hub")
+
+    def _clip_skip_input(
+        self, pipe: DiffusionPipeline, request: GenerationRequest
+    ) -> dict[str, Any]:
+        """The pipeline's `clip_skip` argument; ValueError when this model cannot skip so far."""
+        if clip_skips.is_default(request.clip_skip):
+            return {}
+        if problem := clip_skips.check_clip_skip(request.clip_skip):
+            raise ValueError(problem)
+        if not _accepts(pipe, "clip_skip"):
+            raise ValueError(f"model {self.model} does not take clip_skip")
+        skip = clip_skips.to_diffusers(request.clip_skip)
+        most = _most_clip_skip(pipe, self.family)
+        if skip is not None and skip > most:
+            raise ValueError(
+                f"clip_skip {request.clip_skip} is too deep for model {self.model} "
+                f"(at most {most + 1}: its text encoder has too few layers)"
+            )
+        return {"clip_skip": skip}
 
     def _fresh_scheduler(self, request: GenerationRequest) -> SchedulerMixin:
         """A new scheduler for one call; the batch's requests share these settings (batch key)."""
@@ -174,6 +291,39 @@ class Engine:
             pipe.set_progress_bar_config(disable=True)  # from_pipe does not copy it
             self._pipes[task] = pipe
         return self._pipes[task]
+
+
+def _check_safety(
+    checker: SafetyChecker | None,
+    requests: Sequence[GenerationRequest],
+    outputs: list[list[Image.Image]],
+) -> list[list[bool]]:
+    """Run the checker on the images of the requests that ask; replace the flagged ones."""
+    nsfw = [[False] * len(images) for images in outputs]
+    asked = [job for job, request in enumerate(requests) if request.safety_checker]
+    if checker is None or not asked:
+        return nsfw
+    verdicts = iter(checker.flags([image for job in asked for image in outputs[job]]))
+    for job in asked:
+        for index, image in enumerate(outputs[job]):
+            if next(verdicts):
+                outputs[job][index] = replace_flagged(image, requests[job].safety_checker_type)
+                nsfw[job][index] = True
+    return nsfw
+
+
+def _most_clip_skip(pipe: DiffusionPipeline, family: Family | None) -> int:
+    """The deepest diffusers `clip_skip` the pipeline's CLIP text encoders allow.
+
+    SD 1.x/2.x take hidden state -(skip + 1); SDXL and SD3 -(skip + 2), as they start from the
+    penultimate layer. There are layers + 1 hidden states (the input embeddings first).
+    """
+    layers = min(
+        encoder.config.num_hidden_layers
+        for name in ("text_encoder", "text_encoder_2")
+        if (encoder := getattr(pipe, name, None)) is not None
+    )
+    return layers if family == SD else layers - 1
 
 
 def _scheduler_options(request: GenerationRequest) -> bool:
