@@ -203,6 +203,8 @@ class Job:
     deadline_at: float | None = None
     #: Temporary outputs: the files are removed (and the job expired) at this time.
     keep_until: float | None = None
+    #: The safety checker flagged (and replaced) at least one of its images.
+    nsfw: bool = False
 
     def evolve(self, **changes: Any) -> Job:
         """A copy with changes; a change of status must be allowed by the transition table."""

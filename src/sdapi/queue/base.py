@@ -146,8 +146,10 @@ class JobQueue(Protocol):
         generation_seconds: float,
         cost_seconds: float | None = None,
         call_rows: int = 1,
+        nsfw: bool = False,
     ) -> bool:
         """Mark success if `lease_id` still holds the job; learns the generation rate.
+        `nsfw`: the safety checker replaced at least one of its images.
 
         `generation_seconds` is the wall time the client sees; `cost_seconds`, when the job
         shared a batch, is its share of the worker's time, which is what the rate learns from;

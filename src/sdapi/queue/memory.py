@@ -195,6 +195,7 @@ class MemoryQueue:
         generation_seconds: float,
         cost_seconds: float | None = None,
         call_rows: int = 1,
+        nsfw: bool = False,
     ) -> bool:
         with self._lock:
             job = self._held(job_id, lease_id)
@@ -205,6 +206,7 @@ class MemoryQueue:
                 self.clock(),
                 status=JobStatus.SUCCESS,
                 progress=1.0,
+                nsfw=nsfw,
                 generation_seconds=generation_seconds,
                 lease_id=None,
                 lease_expires_at=None,

@@ -203,12 +203,13 @@ class PostgresQueue:
         generation_seconds: float,
         cost_seconds: float | None = None,
         call_rows: int = 1,
+        nsfw: bool = False,
     ) -> bool:
         now = self.clock()
         with self.db.transaction() as conn:
             done = conn.execute(
                 SUCCEED.format(p="%s") + " RETURNING batch_key, rate_key, work_units",
-                (now, generation_seconds, job_id, lease_id),
+                (now, generation_seconds, nsfw, job_id, lease_id),
             ).fetchone()
             if done is not None:
                 cost = learned_seconds(generation_seconds, cost_seconds)

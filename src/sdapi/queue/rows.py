@@ -54,7 +54,7 @@ TO_PROCESSING = states_sql(JobStatus.PROCESSING)
 #: Each holds only for the current lease holder, so a stale worker's late write matches no row.
 SUCCEED = (
     "UPDATE jobs SET status = 'success', finished_at = {p}, generation_seconds = {p},"
-    " progress = 1, lease_id = NULL, lease_expires_at = NULL"
+    " nsfw = {p}, progress = 1, lease_id = NULL, lease_expires_at = NULL"
     f" WHERE id = {{p}} AND lease_id = {{p}} AND status IN {states_sql(JobStatus.SUCCESS)}"
 )
 FAIL = (
@@ -189,4 +189,5 @@ def job_from_row(row: Row) -> Job:
         webhook_status=row["webhook_status"],
         deadline_at=row["deadline_at"],
         keep_until=row["keep_until"],
+        nsfw=bool(row["nsfw"]),
     )

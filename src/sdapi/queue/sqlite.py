@@ -196,12 +196,13 @@ class SQLiteQueue:
         generation_seconds: float,
         cost_seconds: float | None = None,
         call_rows: int = 1,
+        nsfw: bool = False,
     ) -> bool:
         now = self.clock()
         with self.db.write() as conn:
             cur = conn.execute(
                 SUCCEED.format(p="?"),
-                (now, generation_seconds, job_id, lease_id),
+                (now, generation_seconds, nsfw, job_id, lease_id),
             )
             if cur.rowcount:
                 seconds = learned_seconds(generation_seconds, cost_seconds)

@@ -50,13 +50,15 @@ class Generator(Protocol):
 
     def unload(self) -> None: ...
 
-    def generate_batch(
+    def generate_batch_checked(
         self,
         requests: Sequence[GenerationRequest],
         images: Sequence[Mapping[str, Image]],
         rows: int,
         on_step: Callable[[int, int], bool] | None = None,
-    ) -> list[list[Image]]: ...
+    ) -> tuple[list[list[Image]], list[list[bool]]]:
+        """Each request's images, and per image whether the safety checker replaced it."""
+        ...
 
 
 class BatchStopped(Exception):
@@ -182,7 +184,7 @@ class Worker:
         started = time.monotonic()
         with LeaseKeeper(self.queue, jobs, self.lease_s) as keeper:
             try:
-                outputs = self._generate(jobs, keeper)
+                outputs, flags = self._generate(jobs, keeper)
             except BatchStopped:
                 if self.abandon.is_set():
                     self._release(jobs)
@@ -198,10 +200,15 @@ class Worker:
                 for job, images in zip(jobs, outputs, strict=True)
                 if self._store(job, images, keeper)
             ]
-        self._complete(stored, time.monotonic() - started, self._padded_rows(jobs))
+        nsfw = {job.id: any(flagged) for job, flagged in zip(jobs, flags, strict=True)}
+        self._complete(stored, time.monotonic() - started, self._padded_rows(jobs), nsfw)
         self._count_batch(jobs)
 
-    def _generate(self, jobs: list[Job], keeper: LeaseKeeper) -> list[list[Image]]:
+    def _generate(
+        self, jobs: list[Job], keeper: LeaseKeeper
+    ) -> tuple[list[list[Image]], list[list[bool]]]:
+        """Each job's images, and which of them the safety checker flagged (and replaced)."""
+
         def on_step(done: int, total: int) -> bool:
             keeper.progress = done / max(total, 1)
             return not self._must_stop(keeper)
@@ -210,7 +217,8 @@ class Worker:
         inputs = [self._load_inputs(request) for request in requests]
         try:
             engine = self.engines.get(requests[0].model)
-            return engine.generate_batch(requests, inputs, self.rows_for(requests[0]), on_step)
+            rows = self.rows_for(requests[0])
+            return engine.generate_batch_checked(requests, inputs, rows, on_step)
         except Exception:
             if self._must_stop(keeper):  # the engine stopped because on_step said so
                 raise BatchStopped from None
@@ -252,7 +260,9 @@ class Worker:
         rows = self.rows_for(jobs[0].request)
         return len(plan_calls([job.request for job in jobs], rows)) * rows
 
-    def _complete(self, jobs: list[Job], seconds: float, rows: int) -> None:
+    def _complete(
+        self, jobs: list[Job], seconds: float, rows: int, nsfw: Mapping[int, bool]
+    ) -> None:
         """Record success; each job teaches the rate the cost of its own rows.
 
         Per row, padding included: a job alone in a call of 4 costs a quarter of the call, as
@@ -266,6 +276,7 @@ class Worker:
                 generation_seconds=seconds,
                 cost_seconds=share,
                 call_rows=self.rows_for(job.request),
+                nsfw=nsfw[job.id],
             ):
                 log.info("job %s: success in %.2f s", job.id, seconds)
             else:

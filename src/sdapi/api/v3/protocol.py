@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from sdapi.api.v3.fields import Field, is_absent, read_fields
+from sdapi.engine.adapters import check_adapters, parse_embeddings, parse_loras
 from sdapi.engine.families import Family, check_size
 from sdapi.engine.models import model_family
+from sdapi.engine.safety import SAFETY_CHECKER_TYPES
 from sdapi.engine.schedulers import SCHEDULERS, UNSUPPORTED, check_scheduler_options
 from sdapi.errors import ModelNotFound, ValidationFailed
 from sdapi.jobs import Task
@@ -65,6 +67,11 @@ class GenerationParams:
     webhook_progress: bool = False
     use_karras_sigmas: bool = False
     algorithm_type: str | None = None
+    loras: tuple[tuple[str, float], ...] = ()
+    embeddings: tuple[str, ...] = ()
+    safety_checker: bool = False
+    safety_checker_type: str = "sensitive_content_text"
+    clip_skip: int | None = None
 
 
 def generation_fields(settings: Settings, task: Task) -> list[Field]:
@@ -205,6 +212,47 @@ def generation_fields(settings: Settings, task: Task) -> list[Field]:
             " sde-dpmsolver++.",
         ),
         Field(
+            "lora_model",
+            "str",
+            max_length=1024,
+            description="LoRAs from the models folder, comma separated: more_details,anime.",
+        ),
+        Field(
+            "lora_strength",
+            "str",
+            max_length=256,
+            description="Their weights (0 to 2): one for all, or one per LoRA; default 1.",
+        ),
+        Field(
+            "embeddings_model",
+            "str",
+            max_length=1024,
+            description="Textual-inversion embeddings from the models folder, comma separated.",
+        ),
+        Field(
+            "safety_checker",
+            "flag",
+            default=False,
+            aliases=("safetychecker",),
+            description="Run the safety checker; flagged images are replaced.",
+        ),
+        Field(
+            "safety_checker_type",
+            "str",
+            default="sensitive_content_text",
+            choices=frozenset(SAFETY_CHECKER_TYPES),
+            description="How a flagged image is replaced: black, blur, pixelate or"
+            " sensitive_content_text.",
+        ),
+        Field(
+            "clip_skip",
+            "int",
+            minimum=1,
+            maximum=8,
+            aliases=("clipskip",),
+            description="Text encoder layer the prompt is read from, counted from the last (1).",
+        ),
+        Field(
             "webhook_progress",
             "flag",
             default=False,
@@ -247,6 +295,7 @@ def read_generation(
     if values["model_id"] not in settings.model:
         values["model_id"] = None
     _check_family(values, settings, task)
+    _read_adapters(values, settings)
     if values["seed"] == -1:
         values["seed"] = None
     # Image fields a task has no use for are ignored, like any unknown field.
@@ -277,12 +326,34 @@ def _check_family(values: dict[str, Any], settings: Settings, task: Task) -> Non
         task=task,
     )
     if problem:
-        field = (
-            "algorithm_type" if values["algorithm_type"] and "algorithm" in problem else "scheduler"
+        about_algorithm = values["algorithm_type"] and "algorithm" in problem
+        raise ValidationFailed.one(
+            "algorithm_type" if about_algorithm else "scheduler", _sentence(problem)
         )
-        raise ValidationFailed.one(field, f"{problem[0].upper()}{problem[1:].rstrip('.')}.")
     if problem := check_size(family, values["width"], values["height"]):
-        raise ValidationFailed.one("width", f"{problem[0].upper()}{problem[1:].rstrip('.')}.")
+        raise ValidationFailed.one("width", _sentence(problem))
+
+
+def _sentence(text: str) -> str:
+    """An engine message as a field message: one final stop (its first word may be a name, so
+    it is not capitalised)."""
+    return f"{text.rstrip('.')}."
+
+
+def _read_adapters(values: dict[str, Any], settings: Settings) -> None:
+    """lora_model/lora_strength and embeddings_model as the engine takes them, refused here
+    when a file is missing or a value is out of range."""
+    try:
+        values["loras"] = parse_loras(values.pop("lora_model"), values.pop("lora_strength"))
+        values["embeddings"] = parse_embeddings(values.pop("embeddings_model"))
+    except ValueError as exc:
+        raise ValidationFailed.one("lora_model", _sentence(str(exc))) from None
+    family = _family(values["model_id"] or settings.default_model, settings.models_dir)
+    if problem := check_adapters(
+        settings.models_dir, values["loras"], values["embeddings"], family
+    ):
+        field = "embeddings_model" if "embedding" in problem else "lora_model"
+        raise ValidationFailed.one(field, _sentence(problem))
 
 
 @functools.lru_cache(maxsize=256)

@@ -67,6 +67,10 @@ class Success(_Answer):
     future_links: list[str]
     meta: Meta
     webhook_status: WebhookStatus
+    nsfw_content_detected: bool | None = Field(
+        None, description="v6 routes, and any job that ran the safety checker."
+    )
+    proxy_links: list[str] | None = Field(None, description="v6 routes: the same URLs.")
 
 
 class Failed(_Answer):

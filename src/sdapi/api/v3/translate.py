@@ -59,9 +59,9 @@ def meta(job: Job, links: Links, wire: Wire = V3) -> dict[str, Any]:
         "model": r.model,
         "scheduler": r.scheduler or "default",
         "file_prefix": job.echo.get("file_prefix", ""),
-        # Both spellings: typed clients read one or the other (spec 11.4). No checker ran.
-        "safetychecker": "no",
-        "safety_checker": "no",
+        # Both spellings: typed clients read one or the other (spec 11.4).
+        "safetychecker": _yes_no(r.safety_checker),
+        "safety_checker": _yes_no(r.safety_checker),
         "base64": _yes_no(any(n.endswith(".base64") for n in job.output_names)),
         "temp": _yes_no(job.keep_until is not None),
     }
@@ -70,6 +70,15 @@ def meta(job: Job, links: Links, wire: Wire = V3) -> dict[str, Any]:
         data["init_image"] = _echo_image(job, links, "init_image", r.init_image)
     if r.task is Task.INPAINT:
         data["mask_image"] = _echo_image(job, links, "mask_image", r.mask_image)
+    if r.safety_checker:
+        data["safety_checker_type"] = r.safety_checker_type
+    if r.loras:
+        data["lora_model"] = ",".join(name for name, _ in r.loras)
+        data["lora_strength"] = ",".join(f"{weight:g}" for _, weight in r.loras)
+    if r.embeddings:
+        data["embeddings_model"] = ",".join(r.embeddings)
+    if r.clip_skip is not None:
+        data["clip_skip"] = r.clip_skip
     if job.track_id is not None:
         data["track_id"] = job.track_id
     if job.webhook is not None:
@@ -126,8 +135,10 @@ def fetched(
             "future_links": links.outputs(job),
             "webhook_status": job.webhook_status,
         }
-        if wire.v6:  # no checker has run yet: nothing was detected
-            answer |= {"proxy_links": links.outputs(job), "nsfw_content_detected": False}
+        if wire.v6:
+            answer["proxy_links"] = links.outputs(job)
+        if wire.v6 or job.request.safety_checker:
+            answer["nsfw_content_detected"] = job.nsfw
         return answer
     if job.status is JobStatus.CANCELLED:
         return cancelled(job)
