@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,7 +27,7 @@ import psycopg
 from sdapi.auth.keys import hash_key
 from sdapi.auth.postgres import PostgresKeyStore
 from sdapi.backends import open_database
-from sdapi.database.postgres import PostgresDatabase
+from sdapi.database.postgres import MIGRATIONS_PACKAGE, PostgresDatabase
 from sdapi.errors import ConfigurationError, DatabaseUnavailable
 from sdapi.jobs import Job, JobStatus
 from sdapi.queue.base import NewJob
@@ -36,7 +37,9 @@ from tests.helpers import make_request
 
 LEASE = 30.0
 #: Every migration, in order: a fresh database gets them all.
-MIGRATIONS = ["0001_initial.sql", "0002_delivery.sql"]
+MIGRATIONS = sorted(
+    f.name for f in resources.files(MIGRATIONS_PACKAGE).iterdir() if f.name.endswith(".sql")
+)
 
 
 @pytest.fixture
@@ -85,7 +88,7 @@ def test_migrations_apply_once_and_are_recorded(postgres_url: str) -> None:
         }
     assert names == MIGRATIONS
     assert tables == {
-        "schema_migrations", "api_keys", "jobs", "workers", "rates", "webhook_events"
+        "schema_migrations", "api_keys", "jobs", "workers", "rates", "webhook_events", "metrics"
     }  # fmt: skip
 
 
