@@ -31,7 +31,8 @@ from sdapi.engine.safety import (
     replace_flagged,
 )
 from sdapi.errors import ConfigurationError
-from sdapi.jobs import GenerationRequest, Task
+from sdapi.jobs import GenerationRequest
+from tests.helpers import make_request
 
 
 def test_option_modules_do_not_import_torch() -> None:
@@ -236,18 +237,7 @@ def test_the_operator_s_checker_wins(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def base_request() -> GenerationRequest:
-    return GenerationRequest(
-        task=Task.TEXT2IMG,
-        model="sdapi-tiny",
-        prompt="p",
-        negative_prompt="",
-        width=64,
-        height=64,
-        samples=1,
-        steps=2,
-        guidance_scale=7.5,
-        seed=1,
-    )
+    return make_request(prompt="p", seed=1)
 
 
 def test_options_enter_the_batch_key_only_when_set() -> None:

@@ -31,6 +31,7 @@ from sdapi.engine.schedulers import (
     supported_schedulers,
 )
 from sdapi.jobs import GenerationRequest, Task
+from tests.helpers import make_request
 
 EULER = "EulerDiscreteScheduler"
 DPM = "DPMSolverMultistepScheduler"
@@ -273,19 +274,7 @@ def test_algorithm_type_on_sd3() -> None:
 
 
 def base_request() -> GenerationRequest:
-    return GenerationRequest(
-        task=Task.TEXT2IMG,
-        model="sdapi-tiny",
-        prompt="p",
-        negative_prompt="",
-        width=64,
-        height=64,
-        samples=1,
-        steps=2,
-        guidance_scale=7.5,
-        seed=1,
-        scheduler=DPM,
-    )
+    return make_request(prompt="p", seed=1, scheduler=DPM)
 
 
 def test_options_are_part_of_the_batch_key() -> None:
