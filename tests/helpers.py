@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sdapi.jobs import GenerationRequest, Task
 
 
@@ -34,12 +36,15 @@ def make_request(**changes: object) -> GenerationRequest:
 
 
 class FakeEngine:
-    """Stands in for the diffusers engine: a flat image whose colour comes from the seed."""
+    """Stands in for the diffusers engine: a flat image whose colour comes from the seed; for a
+    super_resolution job, its input resized to the job's size."""
 
     model = "sdapi-tiny"
 
-    def __init__(self, fail_with: str | None = None) -> None:
+    def __init__(self, fail_with: str | None = None, model: str | None = None) -> None:
         self.fail_with = fail_with
+        if model is not None:
+            self.model = model
         self.calls: list[list[GenerationRequest]] = []
 
     def load(self) -> None:
@@ -57,7 +62,6 @@ class FakeEngine:
         return outputs, [[False] * len(images_of) for images_of in outputs]
 
     def generate_batch(self, requests, images, rows, on_step=None):  # type: ignore[no-untyped-def]
-        from PIL import Image
 
         from sdapi.batching import plan_calls
 
@@ -73,6 +77,14 @@ class FakeEngine:
                 ):
                     raise RuntimeError("cancelled")
         return [
-            [Image.new("RGB", (r.width, r.height), (s % 256, (s >> 8) % 256, 7)) for s in r.seeds()]
-            for r in requests
+            [_fake_image(r, s, given) for s in r.seeds()]
+            for r, given in zip(requests, images, strict=True)
         ]
+
+
+def _fake_image(request: GenerationRequest, seed: int, images: Any) -> Any:
+    from PIL import Image
+
+    if request.task is Task.UPSCALE:
+        return images["init"].resize((request.width, request.height))
+    return Image.new("RGB", (request.width, request.height), (seed % 256, (seed >> 8) % 256, 7))

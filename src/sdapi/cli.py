@@ -59,6 +59,14 @@ OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
         "models_file",
         {"help": "Model registry file (default <data-dir>/models.toml)."},
     ),
+    "--upscaler": (
+        "upscaler",
+        {
+            "help": "x4 upscaler for super_resolution: sdapi-tiny-upscaler (default), a "
+            "diffusers folder or a repo id such as stabilityai/stable-diffusion-x4-upscaler "
+            '("" = off).'
+        },
+    ),
     "--workers": ("workers", {"type": int, "help": "Worker processes to start (0 = API only)."}),
     "--device": ("device", {"help": "auto, cpu, cuda or cuda:N."}),
     "--threads": ("threads", {"type": int, "help": "torch CPU threads per worker (0 = default)."}),
@@ -214,6 +222,7 @@ def serve(**flags: Any) -> None:
     from sdapi.api.serving import serve_app
     from sdapi.backends import open_backends
     from sdapi.engine.models import check_model_ref
+    from sdapi.engine.upscale import check_upscaler_ref
     from sdapi.webhooks.secret import server_secret
     from sdapi.worker.process import WorkerSupervisor
 
@@ -223,6 +232,8 @@ def serve(**flags: Any) -> None:
     if settings.workers:  # a bad --model fails here, not in a worker restarted forever
         for model in settings.model:
             _or_exit(check_model_ref, model, registry, settings.models_dir)
+        if settings.upscaler:
+            _or_exit(check_upscaler_ref, settings.upscaler)
     backends = _or_exit(open_backends, settings)
     _or_exit(server_secret, settings)  # a bad --webhook-secret stops here, in one line
     _first_key(backends.keys)
@@ -269,6 +280,7 @@ def webhook_secret(**flags: Any) -> None:
     *STORE_FLAGS,
     "--model",
     "--models-file",
+    "--upscaler",
     "--device",
     "--threads",
     "--lease-seconds",

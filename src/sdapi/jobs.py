@@ -16,12 +16,19 @@ from typing import Any
 SEED_MODULUS = 2**64
 #: One "work unit" is one denoising step of one 512x512 image; rates are learned per unit.
 REFERENCE_PIXELS = 512 * 512
+#: The x4 upscaler's own factor: scales 2 and 3 run it, then resize its output down.
+UPSCALE_NATIVE_SCALE = 4
+#: The VAE decode of an upscaler's x4 output costs about this many of its denoising steps
+#: (measured on the built-in tiny upscaler on a CPU, 64 to 256 px inputs), so it is counted in.
+UPSCALE_DECODE_STEPS = 6
 
 
 class Task(StrEnum):
     TEXT2IMG = "text2img"
     IMG2IMG = "img2img"
     INPAINT = "inpaint"
+    #: Super resolution: one image upscaled (spec section 8).
+    UPSCALE = "super_resolution"
 
 
 class JobStatus(StrEnum):
@@ -100,6 +107,10 @@ class GenerationRequest:
     safety_checker_type: str = "black"
     #: The CLIP layer the prompt is read from, counted as on the wire: 1 (or None) is the last.
     clip_skip: int | None = None
+    #: Super resolution: the factor (2..4; width and height are the output's size, the input's
+    #: times it) and the noise added to the low-resolution image (the x4 upscaler's noise_level).
+    scale: int | None = None
+    noise_level: int | None = None
 
     def seeds(self) -> list[int]:
         """One seed per image, so image i is the same whatever else runs beside it."""
@@ -124,6 +135,10 @@ class GenerationRequest:
         if self.algorithm_type is not None:
             parts.append(self.algorithm_type)
         parts.extend(self._model_option_key_parts())
+        if self.scale is not None:  # with the output size, this fixes the input's size too
+            parts.append(f"scale:{self.scale}")
+        if self.noise_level is not None:
+            parts.append(f"noise_level:{self.noise_level}")
         return "|".join(str(p) for p in parts)
 
     def _model_option_key_parts(self) -> list[str]:
@@ -150,10 +165,20 @@ class GenerationRequest:
     @property
     def work_units(self) -> float:
         """Denoising work in 512x512-image-steps: what generation time scales with."""
+        if self.task is Task.UPSCALE:
+            return self._upscale_units()
         steps = self.steps
         if self.task is not Task.TEXT2IMG and self.strength is not None:
             steps = max(1, int(self.steps * self.strength))  # diffusers skips the early steps
         return steps * self.samples * self.width * self.height / REFERENCE_PIXELS
+
+    def _upscale_units(self) -> float:
+        """The x4 upscaler runs its steps on the input's pixels and decodes a 4x image; both
+        scale with the area of that 4x image, which is counted like a generated one (the input
+        is capped, so this stays within a few hundred units)."""
+        native = UPSCALE_NATIVE_SCALE / (self.scale or UPSCALE_NATIVE_SCALE)
+        pixels = self.width * native * self.height * native
+        return (self.steps + UPSCALE_DECODE_STEPS) * self.samples * pixels / REFERENCE_PIXELS
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -12,6 +12,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "sdapi-tiny"
+#: The built-in tiny x4 upscaler (sdapi.engine.tiny) that serves super_resolution by default.
+DEFAULT_UPSCALER = "sdapi-tiny-upscaler"
 #: How long a claim holds a job without a heartbeat before another worker may take it over.
 DEFAULT_LEASE_S = 30.0
 #: How long a generation call waits for its job before answering `processing` (spec: sync window).
@@ -60,6 +62,10 @@ class Settings(BaseSettings):
     #: family and request defaults; `--model` takes their ids. Empty means
     #: `<data_dir>/models.toml` (a missing file is an empty registry).
     models_file: str = ""
+    #: The x4 upscaler behind super_resolution, served by every worker beside its models:
+    #: `sdapi-tiny-upscaler`, a diffusers folder or a hub repo id
+    #: (`stabilityai/stable-diffusion-x4-upscaler`); empty turns super_resolution off.
+    upscaler: str = DEFAULT_UPSCALER
     #: Worker subprocesses started by `sdapi serve` (0 = API only).
     workers: int = Field(default=1, ge=0, le=64)
     device: str = "auto"

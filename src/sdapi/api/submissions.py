@@ -12,9 +12,9 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from sdapi.api.v3.protocol import GenerationParams
+from sdapi.api.v3.protocol import GenerationParams, UpscaleParams, check_upscale_input
 from sdapi.auth.keys import ApiKey
 from sdapi.backends import Backends
 from sdapi.errors import RateLimited, ServerBusy, UnsafeUrl, ValidationFailed
@@ -67,14 +67,47 @@ class Submissions:
         A repeated track_id (within `--track-id-window`) answers the first job; the inputs this
         request stored are then removed again.
         """
-        if self.draining.is_set():
-            raise ServerBusy("The server is shutting down, try again shortly", retry_after=5)
-        if params.webhook is not None:
-            self._check_webhook(params.webhook)
+        self._check_open(params.webhook)
         prefix = str(uuid.uuid4())
         stored = self._store_inputs(prefix, params)
+        given = {field: getattr(params, field) for field in stored}
+
+        def build() -> NewJob:
+            return self._new_job(owner, self._request(task, params, stored), params, prefix, given)
+
+        return self._enqueue(owner, stored, base_url, build)
+
+    def create_upscale(self, owner: ApiKey, params: UpscaleParams, base_url: str) -> Job:
+        """A super_resolution job: the input is fetched, its size checked (it decides the
+        output's) and stored before the job is, as for `create`."""
+        self._check_open(params.webhook)
+        prefix = str(uuid.uuid4())
+        image = load_image_input(params.url, self.policy, field="url")
+        check_upscale_input(image.size)
+        name = f"inputs/{prefix}-init.png"
+        self.backends.images.put(name, encode_png(image))
+        stored = {"init_image": name}
+
+        def build() -> NewJob:
+            request = self._upscale_request(params, name, image.size)
+            new = self._new_job(owner, request, params, prefix, {"init_image": params.url})
+            # Asked but not done: kept so the answer's meta can say so.
+            return new.with_echo(face_enhance=True) if params.face_enhance else new
+
+        return self._enqueue(owner, stored, base_url, build)
+
+    def _check_open(self, webhook: str | None) -> None:
+        if self.draining.is_set():
+            raise ServerBusy("The server is shutting down, try again shortly", retry_after=5)
+        if webhook is not None:
+            self._check_webhook(webhook)
+
+    def _enqueue(
+        self, owner: ApiKey, stored: dict[str, str], base_url: str, build: Callable[[], NewJob]
+    ) -> Job:
+        """Enqueue the job `build` makes; the stored inputs go again if it is not queued."""
         try:
-            new = self._new_job(owner, task, params, prefix, stored)
+            new = build()
             job = self.backends.queue.enqueue(new.with_echo(base_url=base_url))
         except QueueFull as full:
             self._drop(stored.values())
@@ -85,7 +118,7 @@ class Submissions:
         with job_context([job.id]):
             if job.output_names != new.output_names:
                 self._drop(stored.values())
-                log.info("repeated track_id %r: answering the existing job", params.track_id)
+                log.info("repeated track_id %r: answering the existing job", new.track_id)
             else:
                 r = job.request
                 log.info("queued: %s %s %dx%d x%d", r.task, r.model, r.width, r.height, r.samples)
@@ -127,17 +160,11 @@ class Submissions:
             stored[field] = name
         return stored
 
-    def _new_job(
-        self,
-        owner: ApiKey,
-        task: Task,
-        params: GenerationParams,
-        prefix: str,
-        stored: dict[str, str],
-    ) -> NewJob:
-        now = time.time()
+    def _request(
+        self, task: Task, params: GenerationParams, stored: dict[str, str]
+    ) -> GenerationRequest:
         seed = params.seed if params.seed is not None else secrets.randbelow(RANDOM_SEED_RANGE)
-        request = GenerationRequest(
+        return GenerationRequest(
             task=task,
             model=params.model_id or self.settings.default_model,
             prompt=params.prompt,
@@ -160,18 +187,49 @@ class Submissions:
             init_image=stored.get("init_image"),
             mask_image=stored.get("mask_image"),
         )
+
+    def _upscale_request(
+        self, params: UpscaleParams, stored: str, size: tuple[int, int]
+    ) -> GenerationRequest:
+        """Width and height are the output's: the input's times the scale."""
+        seed = params.seed if params.seed is not None else secrets.randbelow(RANDOM_SEED_RANGE)
+        return GenerationRequest(
+            task=Task.UPSCALE,
+            model=self.settings.upscaler,
+            prompt=params.prompt,
+            negative_prompt=params.negative_prompt,
+            width=size[0] * params.scale,
+            height=size[1] * params.scale,
+            samples=1,
+            steps=params.num_inference_steps,
+            guidance_scale=params.guidance_scale,
+            seed=seed,
+            init_image=stored,
+            scale=params.scale,
+            noise_level=params.noise_level,
+        )
+
+    def _new_job(
+        self,
+        owner: ApiKey,
+        request: GenerationRequest,
+        params: GenerationParams | UpscaleParams,
+        prefix: str,
+        given: dict[str, str],
+    ) -> NewJob:
+        """The job around `request`; `given` holds the input images as the client sent them."""
+        now = time.time()
         echo: dict[str, object] = {"file_prefix": prefix}
         if params.webhook_progress:
             echo["webhook_progress"] = True
-        for field in stored:  # echo URLs the client gave; base64 is echoed as our stored copy
-            value = getattr(params, field)
+        for field, value in given.items():  # echo URLs; base64 is echoed as our stored copy
             if value.startswith(("http://", "https://")):
                 echo[field] = value
         keep_until = now + self.settings.temp_ttl if params.temp else None
         return NewJob(
             owner=owner.id,
             request=request,
-            output_names=output_names(prefix, params.samples, params.base64, keep_until),
+            output_names=output_names(prefix, request.samples, params.base64, keep_until),
             webhook=params.webhook,
             track_id=params.track_id,
             echo=echo,
@@ -187,7 +245,7 @@ class Submissions:
         cap = self.settings.max_queued_per_key if own is None else own
         return cap or None
 
-    def _deadline(self, params: GenerationParams, now: float) -> float | None:
+    def _deadline(self, params: GenerationParams | UpscaleParams, now: float) -> float | None:
         """The sooner of the request's own deadline and the server's, if either is set."""
         limits = [d for d in (params.deadline, self.settings.job_deadline) if d]
         return now + min(limits) if limits else None

@@ -279,7 +279,14 @@ class Engine:
         )
 
     def _pipeline(self, task: Task) -> DiffusionPipeline:
-        """The pipeline for `task`, derived from the text2img one on first use."""
+        """The pipeline for `task`, derived from the text2img one on first use.
+
+        A super_resolution request runs as "SD upscale": img2img over its input enlarged (with
+        Lanczos) to the output size. The server sends those jobs to its x4 upscaler instead
+        (sdapi.engine.upscale); this serves callers that give one to a text-to-image model.
+        """
+        if task is Task.UPSCALE:
+            task = Task.IMG2IMG
         if task not in self._pipes:
             from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
 

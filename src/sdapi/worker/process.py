@@ -36,19 +36,31 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def served_models(settings: Settings) -> list[str]:
+    """The models a worker claims jobs for: its `--model`s (the first is loaded at start), then
+    the upscaler, loaded when the first super_resolution job comes (and evicted like a model)."""
+    extra = [settings.upscaler] if settings.upscaler else []
+    return list(dict.fromkeys([*settings.model, *extra]))
+
+
 def run_worker(settings: Settings) -> None:
     """Serve jobs until SIGTERM/SIGINT; the job in hand is finished before exiting."""
-    from sdapi.engine.cache import EngineCache, default_budget
+    from sdapi.engine.cache import CachedEngine, EngineCache, default_budget
     from sdapi.engine.engine import Engine
     from sdapi.engine.models import check_model_ref
+    from sdapi.engine.upscale import UpscaleEngine, check_upscaler_ref
 
     for model in settings.model:  # fail before joining the queue, not after
         check_model_ref(model)
+    if settings.upscaler:
+        check_upscaler_ref(settings.upscaler)
     backends = open_backends(settings)
     device = resolve_device(settings.device)
     threads = settings.threads or None
 
-    def engine_for(model: str) -> Engine:
+    def engine_for(model: str) -> CachedEngine:
+        if model == settings.upscaler and model not in settings.model:
+            return UpscaleEngine(model, settings.models_dir, device=device, threads=threads)
         return Engine(model, settings.models_dir, device=device, threads=threads)
 
     budget = int(settings.model_memory * 2**30) or default_budget(device)
@@ -56,7 +68,7 @@ def run_worker(settings: Settings) -> None:
         backends.queue,
         backends.images,
         EngineCache(engine_for, budget),
-        settings.model,
+        served_models(settings),
         lease_s=settings.lease_seconds,
         device=device,
         max_batch=settings.max_batch,

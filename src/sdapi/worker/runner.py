@@ -17,7 +17,7 @@ from sdapi.batching import plan_calls, rows_for
 from sdapi.engine.cache import EngineCache
 from sdapi.errors import DatabaseUnavailable, SdapiError
 from sdapi.images import encode_output
-from sdapi.jobs import GenerationRequest, Job
+from sdapi.jobs import GenerationRequest, Job, Task
 from sdapi.logs import job_context
 from sdapi.queue.base import JobQueue, WorkerInfo
 from sdapi.storage.base import ImageStore
@@ -151,6 +151,10 @@ class Worker:
         return False
 
     def rows_for(self, request: GenerationRequest) -> int:
+        if request.task is Task.UPSCALE:
+            # One image per call: an upscale's cost is its decode at 4x, which batching does
+            # not share, and a lone job then never waits for company or pads a call.
+            return 1
         return rows_for(self.device, request.width, request.height, self.max_batch)
 
     def _gather(self, head: Job) -> list[Job]:

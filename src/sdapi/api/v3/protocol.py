@@ -28,6 +28,8 @@ CANCELLED_MESSAGE = "Request cancelled"
 CANCELLING_MESSAGE = "Cancellation requested: the job stops at its next step"
 TOO_LATE_MESSAGE = "Request already finished"
 EXPIRED_MESSAGE = "Request expired: its images were removed at the end of their retention period"
+#: super_resolution's meta, when face_enhance was asked for (it is accepted, never done).
+FACE_ENHANCE_NOTE = "face_enhance is not supported: faces were upscaled like the rest"
 
 MAX_SAMPLES = 4
 MAX_PROMPT_CHARS = 5000
@@ -418,3 +420,132 @@ FETCH_FIELDS = [
         description="Job id (or put it in the path).",
     )
 ]
+
+
+# --- super resolution (spec section 8) ---------------------------------------------------------
+
+#: Input sides for super resolution: at most 512 px (2048 px out at scale 4), at least 16 px.
+MAX_UPSCALE_SIDE = 512
+MIN_UPSCALE_SIDE = 16
+#: The x4 upscaler's max_noise_level.
+MAX_NOISE_LEVEL = 350
+#: Guidance without a prompt is wasted work (the prompt and the negative prompt are the same).
+PROMPTED_GUIDANCE = 7.5
+NO_GUIDANCE = 1.0
+#: The generation fields super_resolution shares, as sdapi extensions beside the spec's.
+_SHARED_UPSCALE_FIELDS = (
+    "negative_prompt",
+    "num_inference_steps",
+    "seed",
+    "track_id",
+    "webhook",
+    "instant_response",
+    "base64",
+    "temp",
+    "webhook_progress",
+    "deadline",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UpscaleParams:
+    """A super_resolution request as the client sent it, coerced and range-checked."""
+
+    url: str
+    scale: int
+    #: Accepted for compatibility; no face restorer runs (meta says so).
+    face_enhance: bool
+    prompt: str
+    negative_prompt: str
+    num_inference_steps: int
+    guidance_scale: float
+    noise_level: int
+    seed: int | None
+    track_id: str | None
+    webhook: str | None
+    instant_response: bool
+    base64: bool = False
+    temp: bool = False
+    deadline: float | None = None
+    webhook_progress: bool = False
+
+
+def upscale_fields(settings: Settings) -> list[Field]:
+    """The fields super_resolution reads: the spec's, then sdapi's upscaler options."""
+    shared = {f.name: f for f in generation_fields(settings, Task.TEXT2IMG)}
+    return [
+        Field(
+            "url",
+            "str",
+            required=True,
+            aliases=("init_image",),
+            description="The image to upscale (at most 512x512): an http(s) URL, a data URI or"
+            " base64.",
+        ),
+        Field("scale", "int", default=4, minimum=2, maximum=4, description="2, 3 or 4."),
+        Field(
+            "face_enhance",
+            "flag",
+            default=False,
+            description="Accepted, not done: no face restorer runs (meta says so).",
+        ),
+        Field(
+            "model_id",
+            "str",
+            max_length=1024,
+            description="Ignored (the server's upscaler runs; Real-ESRGAN names are accepted).",
+        ),
+        Field(
+            "prompt",
+            "str",
+            default="",
+            max_length=MAX_PROMPT_CHARS,
+            description="sdapi: what the image shows; the x4 upscaler is prompt-conditioned.",
+        ),
+        Field(
+            "guidance_scale",
+            "float",
+            minimum=1,
+            maximum=20,
+            description="sdapi: guidance towards the prompt; 7.5 with a prompt, else 1 (none).",
+        ),
+        Field(
+            "noise_level",
+            "int",
+            default=20,
+            minimum=0,
+            maximum=MAX_NOISE_LEVEL,
+            description="sdapi: noise added to the input before upscaling; more invents more.",
+        ),
+        *(shared[name] for name in _SHARED_UPSCALE_FIELDS),
+    ]
+
+
+def read_upscale(body: dict[str, Any], settings: Settings) -> UpscaleParams:
+    """The super_resolution fields, checked; `model_id` is ignored (the upscaler runs)."""
+    if not settings.upscaler:
+        raise ModelNotFound(detail="super_resolution is off on this server (no --upscaler)")
+    values = read_fields(body, upscale_fields(settings))
+    if values["seed"] == -1:
+        values["seed"] = None
+    if values["guidance_scale"] is None:
+        values["guidance_scale"] = PROMPTED_GUIDANCE if values["prompt"] else NO_GUIDANCE
+    names = {f.name for f in fields(UpscaleParams)}
+    return UpscaleParams(**{k: v for k, v in values.items() if k in names})
+
+
+def check_upscale_input(size: tuple[int, int]) -> None:
+    """The input's size as a field error: refused before anything is stored."""
+    width, height = size
+    if max(width, height) > MAX_UPSCALE_SIDE:
+        limit = f"{MAX_UPSCALE_SIDE}x{MAX_UPSCALE_SIDE}"
+        raise ValidationFailed.one(
+            "url",
+            f"The url image must be at most {limit} pixels (it is {width}x{height}).",
+        )
+    if min(width, height) < MIN_UPSCALE_SIDE:
+        raise ValidationFailed.one(
+            "url",
+            f"The url image must be at least {MIN_UPSCALE_SIDE}x{MIN_UPSCALE_SIDE} pixels"
+            f" (it is {width}x{height}).",
+        )

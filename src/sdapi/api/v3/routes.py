@@ -24,6 +24,8 @@ from sdapi.api.v3.protocol import (
     MODEL_FIELDS,
     generation_fields,
     read_generation,
+    read_upscale,
+    upscale_fields,
     with_model_defaults,
 )
 from sdapi.api.v3.wires import V3, WIRES, Wire
@@ -51,8 +53,24 @@ async def _generate(request: Request, task: Task, wire: Wire) -> dict[str, Any]:
     _within_rate(state, key)
     base_url = state.base_url(request)
     job = await run_in_threadpool(state.submissions.create, key, task, params, base_url)
-    timeout = 0.0 if params.instant_response else state.settings.sync_timeout
-    job = await state.submissions.wait(job, timeout)
+    return await _answer(state, request, job, params.instant_response, wire)
+
+
+async def _upscale(request: Request) -> dict[str, Any]:
+    """super_resolution (spec section 8): queued like any job, polled at the v3 fetch route."""
+    state, body, key = await _caller(request)
+    params = read_upscale(body, state.settings)
+    _within_rate(state, key)
+    base_url = state.base_url(request)
+    job = await run_in_threadpool(state.submissions.create_upscale, key, params, base_url)
+    return await _answer(state, request, job, params.instant_response, V3)
+
+
+async def _answer(
+    state: AppState, request: Request, job: Job, instant: bool, wire: Wire
+) -> dict[str, Any]:
+    """The job once it ended within the sync window, or as it stands then."""
+    job = await state.submissions.wait(job, 0.0 if instant else state.settings.sync_timeout)
     wait = await run_in_threadpool(wait_for, state.backends.queue, job)
     return translate.submitted(job, wait.eta, _links(state, request, wire), wire)
 
@@ -110,6 +128,8 @@ def served_limits(doc: dict[str, Any], settings: Settings) -> None:
             bodies[wire.prefix + path] = _generation_doc(task, settings, wire)
         for path, fields in ID_BODIES.items():
             bodies[wire.prefix + path] = _body_doc(fields)
+    for path in UPSCALE_PATHS:
+        bodies[path] = _body_doc(upscale_fields(settings))
     for path, body in bodies.items():
         if path in doc["paths"]:
             doc["paths"][path]["post"]["requestBody"] = body["requestBody"]
@@ -203,7 +223,7 @@ def family_router(wire: Wire) -> APIRouter:
             openapi_extra=_generation_doc(task, None, wire),
             responses=schemas.JOB,
         )
-    fetch_doc = {"responses": schemas.JOB}
+    fetch_doc = {"responses": schemas.FETCH}
     post("/fetch/{job_id}", _with_id(_fetch, wire), summary="Result of a job",
          openapi_extra=_body_doc([]), **fetch_doc)  # fmt: skip
     post("/fetch", _bind(_fetch, None, wire), summary="Result of a job, id as request_id",
@@ -248,4 +268,24 @@ def _with_id(handler: Callable[..., Any], *args: Any) -> Callable[[Request, str]
     return endpoint
 
 
-routers = [family_router(wire) for wire in WIRES]
+#: super_resolution lived under v3, and under v5 in later docs: one handler for both.
+UPSCALE_PATHS = ("/api/v3/super_resolution", "/api/v5/super_resolution")
+
+
+def upscale_router() -> APIRouter:
+    router = APIRouter(tags=["super resolution"])
+    for path in UPSCALE_PATHS:
+        router.add_api_route(
+            path,
+            _upscale,
+            methods=["POST"],
+            response_model=None,
+            summary="Upscale an image 2, 3 or 4 times",
+            # At import: the default limits (as _generation_doc); served_limits sets the app's.
+            openapi_extra=_body_doc(upscale_fields(Settings.model_construct())),
+            responses=schemas.UPSCALE,
+        )
+    return router
+
+
+routers = [*(family_router(wire) for wire in WIRES), upscale_router()]

@@ -38,6 +38,20 @@ class Meta(_Answer):
     temp: Literal["yes", "no"]
 
 
+class UpscaleMeta(Meta):
+    """A super_resolution job's parameters: the keys of every meta, and the upscaler's."""
+
+    url: str | None = Field(None, description="The input: the URL given, or its stored copy.")
+    scale: int
+    native_scale: int = Field(description="The upscaler's own factor (4).")
+    resize: Literal["none", "lanczos"] = Field(
+        description="How the x4 image was brought to the scale asked: lanczos for 2 and 3."
+    )
+    face_enhance: Literal["no"] = Field(description="Never done; accepted for compatibility.")
+    face_enhance_note: str | None = Field(None, description="When face_enhance was asked for.")
+    noise_level: int | None
+
+
 WebhookStatus = Literal["", "pending", "retrying", "delivered", "failed"]
 
 
@@ -71,6 +85,20 @@ class Success(_Answer):
         None, description="v6 routes, and any job that ran the safety checker."
     )
     proxy_links: list[str] | None = Field(None, description="v6 routes: the same URLs.")
+
+
+class Upscaled(_Answer):
+    """A finished super_resolution job: `output` is one URL string (spec section 8)."""
+
+    status: Literal["success"]
+    id: int
+    generationTime: float = Field(description="Seconds the upscale took.")
+    output: str = Field(description="The upscaled image's URL (base64 text when asked).")
+    future_links: list[str]
+    meta: UpscaleMeta
+    webhook_status: WebhookStatus
+    nsfw_content_detected: bool | None = Field(None, description="v6 fetch routes: false.")
+    proxy_links: list[str] | None = Field(None, description="v6 fetch routes: the same URL.")
 
 
 class Failed(_Answer):
@@ -118,7 +146,7 @@ class CancelAnswer(_Answer):
 class JobSummary(_Answer):
     id: int
     status: Literal["queued", "processing", "success", "failed", "cancelled", "expired"]
-    task: Literal["text2img", "img2img", "inpaint"]
+    task: Literal["text2img", "img2img", "inpaint", "super_resolution"]
     prompt: str
     model: str
     width: int
@@ -173,8 +201,11 @@ def answers(*models: Any) -> dict[int | str, dict[str, Any]]:
     return {200: {"model": union, "description": names}}
 
 
-#: Generation calls and fetch answer a job in whatever state it is.
+#: Generation calls and fetch answer a job in whatever state it is; fetch may also answer a
+#: super_resolution job, and super_resolution answers its own success shape.
 JOB = answers(Success, Processing, Failed, Cancelled, Error)
+FETCH = answers(Success, Upscaled, Processing, Failed, Cancelled, Error)
+UPSCALE = answers(Upscaled, Processing, Failed, Cancelled, Error)
 CANCEL = answers(CancelAnswer, Error)
 JOBS = answers(JobList, Error)
 LOAD = answers(SystemLoad, Error)

@@ -1,8 +1,9 @@
 """Jobs to v3 answers. The only place that knows how a v3 response is spelled.
 
 Shapes follow spec section 11 and the checklist in section 15: `id` is an int, `eta` and
-`generationTime` are floats, `output` is always a list (typed clients break on ""), `messege`
-(sic) rides beside `message`, and every URL is absolute on this server.
+`generationTime` are floats, `output` is always a list (typed clients break on ""), except in
+a finished super_resolution job, where it is one URL string (spec section 8), `messege` (sic)
+rides beside `message`, and every URL is absolute on this server.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from sdapi.api.v3.protocol import (
     CANCELLED_MESSAGE,
     CANCELLING_MESSAGE,
     EXPIRED_MESSAGE,
+    FACE_ENHANCE_NOTE,
     FAILED_MESSAGE,
     FETCH_PROCESSING_MESSAGE,
     FETCH_PROCESSING_TIP,
     TOO_LATE_MESSAGE,
 )
 from sdapi.api.v3.wires import BACKGROUND_TIP, V3, Wire
-from sdapi.jobs import Job, JobStatus, Task
+from sdapi.jobs import UPSCALE_NATIVE_SCALE, Job, JobStatus, Task
 from sdapi.storage.base import ImageStore
 
 
@@ -46,6 +48,8 @@ class Links:
 def meta(job: Job, links: Links, wire: Wire = V3) -> dict[str, Any]:
     """The parameters the job was generated with (spec 11.4), only ones sdapi really used."""
     r = job.request
+    if r.task is Task.UPSCALE:
+        return upscale_meta(job, links, wire)
     width_key, height_key = wire.size_keys
     data: dict[str, Any] = {
         height_key: r.height,
@@ -79,6 +83,43 @@ def meta(job: Job, links: Links, wire: Wire = V3) -> dict[str, Any]:
         data["embeddings_model"] = ",".join(r.embeddings)
     if r.clip_skip is not None:
         data["clip_skip"] = r.clip_skip
+    if job.track_id is not None:
+        data["track_id"] = job.track_id
+    if job.webhook is not None:
+        data["webhook"] = job.webhook
+    return data
+
+
+def upscale_meta(job: Job, links: Links, wire: Wire = V3) -> dict[str, Any]:
+    """A super_resolution job's parameters; the keys every meta has, and the upscaler's."""
+    r = job.request
+    width_key, height_key = wire.size_keys
+    scale = r.scale or UPSCALE_NATIVE_SCALE
+    data: dict[str, Any] = {
+        height_key: r.height,
+        width_key: r.width,
+        "url": _echo_image(job, links, "init_image", r.init_image),
+        "scale": scale,
+        # The x4 upscaler's own factor, and how other scales get there.
+        "native_scale": UPSCALE_NATIVE_SCALE,
+        "resize": "none" if scale == UPSCALE_NATIVE_SCALE else "lanczos",
+        "face_enhance": "no",  # what was done: no face restorer runs
+        "model_id": r.model,
+        "model": r.model,
+        "prompt": r.prompt,
+        "negative_prompt": r.negative_prompt,
+        "n_samples": r.samples,
+        "steps": r.steps,
+        "guidance_scale": r.guidance_scale,
+        "noise_level": r.noise_level,
+        "seed": r.seed,
+        "scheduler": "default",
+        "file_prefix": job.echo.get("file_prefix", ""),
+        "base64": _yes_no(any(n.endswith(".base64") for n in job.output_names)),
+        "temp": _yes_no(job.keep_until is not None),
+    }
+    if job.echo.get("face_enhance"):
+        data["face_enhance_note"] = FACE_ENHANCE_NOTE
     if job.track_id is not None:
         data["track_id"] = job.track_id
     if job.webhook is not None:
@@ -126,20 +167,7 @@ def fetched(
 ) -> dict[str, Any]:
     """The answer to fetch: processing (with eta, progress, place in line), success or failed."""
     if job.status is JobStatus.SUCCESS:
-        answer = {
-            "status": "success",
-            "generationTime": job.generation_seconds or 0.0,
-            "id": job.id,
-            "output": links.outputs(job),
-            "meta": meta(job, links, wire),
-            "future_links": links.outputs(job),
-            "webhook_status": job.webhook_status,
-        }
-        if wire.v6:
-            answer["proxy_links"] = links.outputs(job)
-        if wire.v6 or job.request.safety_checker:
-            answer["nsfw_content_detected"] = job.nsfw
-        return answer
+        return _success(job, links, wire)
     if job.status is JobStatus.CANCELLED:
         return cancelled(job)
     if job.status is JobStatus.EXPIRED:
@@ -161,6 +189,25 @@ def fetched(
     }
     if position is not None:
         answer["queue_position"] = position
+    return answer
+
+
+def _success(job: Job, links: Links, wire: Wire) -> dict[str, Any]:
+    outputs = links.outputs(job)
+    answer = {
+        "status": "success",
+        "generationTime": job.generation_seconds or 0.0,
+        "id": job.id,
+        # super_resolution answers its one image as a string, which its clients use as is.
+        "output": outputs[0] if job.request.task is Task.UPSCALE else outputs,
+        "meta": meta(job, links, wire),
+        "future_links": outputs,
+        "webhook_status": job.webhook_status,
+    }
+    if wire.v6:
+        answer["proxy_links"] = outputs
+    if wire.v6 or job.request.safety_checker:
+        answer["nsfw_content_detected"] = job.nsfw
     return answer
 
 
