@@ -47,7 +47,8 @@ def ended_job(queue: MemoryQueue, **fields: Any) -> int:
 def dispatcher(queue: MemoryQueue, send: FakeSend, clock: FakeClock, secret: str) -> Any:
     render = lambda job: {"status": str(job.status), "id": job.id}  # noqa: E731
     policy = webhook_policy(())
-    retry = RetryPolicy(first_s=5, give_up_after_s=100)
+    # 90 s: the third retry would come 22.5 + 72 s at the earliest (jitter), always past it.
+    retry = RetryPolicy(first_s=5, give_up_after_s=90)
     return WebhookDispatcher(queue, render, secret, policy, retry=retry, clock=clock, send=send)
 
 
@@ -77,7 +78,7 @@ def test_transient_failures_are_retried_until_the_window_ends(clock: FakeClock) 
             attempts_at.append(clock())
             d.deliver(events[0])
         clock.advance(0.5)
-    # At 0, ~5 and ~25 s; the next would be ~80 s later, past the 100 s window: given up.
+    # At 0, ~5 and ~25 s; the next would be ~80 s later, past the 90 s window: given up.
     _, second, third = (t - attempts_at[0] for t in attempts_at)
     assert 4.5 <= second <= 6 and 22 <= third <= 28.5
     assert len({c["headers"]["webhook-id"] for c in send.calls}) == 1
