@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from sdapi.errors import ConfigurationError, DatabaseUnavailable
 
@@ -47,7 +48,13 @@ class SQLiteDatabase:
     def connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            with _unavailable_when_transient():
+                conn = sqlite3.connect(
+                    self.path,
+                    isolation_level=None,
+                    timeout=BUSY_TIMEOUT_MS / 1000,
+                    factory=_Connection,
+                )
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
@@ -102,6 +109,19 @@ class SQLiteDatabase:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+class _Connection(sqlite3.Connection):
+    """Every statement, reads included (a WAL read may need to write its index), reports a
+    full disk, an I/O error or a lock past the busy timeout as DatabaseUnavailable."""
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        with _unavailable_when_transient():
+            return super().execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
+        with _unavailable_when_transient():
+            return super().executemany(sql, parameters)
 
 
 #: SQLite's primary result codes for conditions that pass: busy or locked past the timeout,
