@@ -21,11 +21,13 @@ from sdapi.api.app import create_app
 from sdapi.api.v3 import schemas
 from sdapi.auth.keys import MemoryKeyStore
 from sdapi.backends import Backends
+from sdapi.engine.cache import EngineCache
 from sdapi.errors import INVALID_KEY_TIP
 from sdapi.queue.memory import MemoryQueue
 from sdapi.settings import Settings
 from sdapi.storage.memory import MemoryStore
 from sdapi.webhooks import generate_secret
+from sdapi.worker.process import served_models
 from sdapi.worker.runner import Worker
 from tests.helpers import FakeEngine
 
@@ -59,8 +61,9 @@ def start_server(settings: Settings, *, worker: bool) -> Iterator[Server]:
     _, other = keys.create("b")
     stop = threading.Event()
     thread = None
-    if worker:
-        w = Worker.for_engine(backends.queue, backends.images, FakeEngine(), lease_s=30)
+    if worker:  # serves what `sdapi serve` would: the models and the upscaler
+        engines = EngineCache(lambda model: FakeEngine(model=model), budget_bytes=0)
+        w = Worker(backends.queue, backends.images, engines, served_models(settings), lease_s=30)
         thread = threading.Thread(target=w.run, args=(stop,), daemon=True)
         thread.start()
     with TestClient(create_app(settings, backends), base_url=BASE) as client:

@@ -7,7 +7,6 @@ import io
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -15,15 +14,11 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import TypeAdapter
 
-from sdapi.api.app import create_app
 from sdapi.api.v3 import schemas
 from sdapi.api.v3.protocol import FACE_ENHANCE_NOTE
-from sdapi.auth.keys import MemoryKeyStore
-from sdapi.backends import Backends
 from sdapi.cli import main
 from sdapi.engine.cache import EngineCache
 from sdapi.engine.upscale import check_upscaler_ref
@@ -32,43 +27,22 @@ from sdapi.jobs import REFERENCE_PIXELS, UPSCALE_DECODE_STEPS, GenerationRequest
 from sdapi.queue.memory import MemoryQueue
 from sdapi.settings import Settings
 from sdapi.storage.memory import MemoryStore
-from sdapi.webhooks import generate_secret
 from sdapi.worker.process import served_models
 from sdapi.worker.runner import Worker
 from tests.helpers import FakeEngine, make_request
-from tests.unit.test_api_v3 import BASE, Server
+from tests.unit.test_api_v3 import BASE, Server, start_server
 
 UPSCALER = "sdapi-tiny-upscaler"
 
 
-def start(settings: Settings, *, worker: bool) -> Iterator[Server]:
-    settings = settings.model_copy(update={"webhook_secret": generate_secret()})
-    keys = MemoryKeyStore()
-    backends = Backends(MemoryQueue(), keys, MemoryStore())
-    _, key = keys.create("a")
-    _, other = keys.create("b")
-    stop = threading.Event()
-    thread = None
-    if worker:
-        engines = EngineCache(lambda model: FakeEngine(model=model), budget_bytes=0)
-        w = Worker(backends.queue, backends.images, engines, served_models(settings), lease_s=30)
-        thread = threading.Thread(target=w.run, args=(stop,), daemon=True)
-        thread.start()
-    with TestClient(create_app(settings, backends), base_url=BASE) as client:
-        yield Server(client, backends, key, other)
-    stop.set()
-    if thread:
-        thread.join()
-
-
 @pytest.fixture
 def server() -> Iterator[Server]:
-    yield from start(Settings(sync_timeout=10), worker=True)
+    yield from start_server(Settings(sync_timeout=10), worker=True)
 
 
 @pytest.fixture
 def idle_server() -> Iterator[Server]:
-    yield from start(Settings(sync_timeout=0), worker=False)
+    yield from start_server(Settings(sync_timeout=0), worker=False)
 
 
 def png_b64(size: tuple[int, int] = (32, 24), color: str = "teal") -> str:
@@ -178,7 +152,7 @@ def test_unsafe_urls_are_refused_before_any_job(idle_server: Server, url: str) -
 
 
 def test_an_upscaler_turned_off_answers_model_not_found() -> None:
-    for s in start(Settings(sync_timeout=0, upscaler=""), worker=False):
+    for s in start_server(Settings(sync_timeout=0, upscaler=""), worker=False):
         answer = s.post("/api/v3/super_resolution", {"url": png_b64()})
         assert answer["status"] == "error" and answer["message"] == "Model id not found"
 
