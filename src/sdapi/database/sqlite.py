@@ -72,13 +72,11 @@ class SQLiteDatabase:
         the API answers it as a clear 503-style error and workers wait it out, as for a
         PostgreSQL outage; nothing half-written stays (the transaction rolls back).
         """
-        conn = self.connection()
-        with _unavailable_when_transient():
-            conn.execute("BEGIN IMMEDIATE")
+        conn = self.connection()  # its statements report those errors (see _Connection)
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            with _unavailable_when_transient():
-                yield conn
-                conn.execute("COMMIT")
+            yield conn
+            conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

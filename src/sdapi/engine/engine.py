@@ -59,6 +59,26 @@ class CheckedBatch(NamedTuple):
     nsfw: list[list[bool]]
 
 
+def weights_bytes(pipe: DiffusionPipeline) -> int:
+    """Bytes of a loaded pipeline's weights and buffers, all components together."""
+    total = 0
+    for component in pipe.components.values():
+        for tensor in [
+            *getattr(component, "parameters", list)(),
+            *getattr(component, "buffers", list)(),
+        ]:
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def release_device_memory(device: str) -> None:
+    """Hand freed GPU memory back, so the next model loaded can use it (CPUs need nothing)."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
 class Engine:
     """One model on one device. Calls are serialised: the pipelines are shared, mutable state."""
 
@@ -107,26 +127,14 @@ class Engine:
     def memory_bytes(self) -> int:
         """Bytes of the loaded weights (img2img and inpaint share them: counted once)."""
         pipe = self._pipes.get(Task.TEXT2IMG)
-        if pipe is None:
-            return 0
-        total = 0
-        for component in pipe.components.values():
-            for tensor in [
-                *getattr(component, "parameters", list)(),
-                *getattr(component, "buffers", list)(),
-            ]:
-                total += tensor.numel() * tensor.element_size()
-        return total
+        return 0 if pipe is None else weights_bytes(pipe)
 
     def unload(self) -> None:
         """Drop the pipelines so their memory can be reused (GPU memory is released too)."""
         with self._lock:
             self._pipes.clear()
             self._adapters.reset()
-            if self.device.startswith("cuda"):
-                import torch
-
-                torch.cuda.empty_cache()
+            release_device_memory(self.device)
 
     def generate(
         self,

@@ -26,7 +26,13 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from sdapi.batching import Row, plan_calls
-from sdapi.engine.engine import CheckedBatch, GenerationCancelled, StepCallback
+from sdapi.engine.engine import (
+    CheckedBatch,
+    GenerationCancelled,
+    StepCallback,
+    release_device_memory,
+    weights_bytes,
+)
 from sdapi.engine.models import quiet_libraries
 from sdapi.engine.tiny import MODEL_INDEX, TINY_UPSCALER_ID, build_tiny_upscaler
 from sdapi.errors import ConfigurationError
@@ -116,24 +122,12 @@ class UpscaleEngine:
         return pipe
 
     def memory_bytes(self) -> int:
-        if self._pipe is None:
-            return 0
-        total = 0
-        for component in self._pipe.components.values():
-            for tensor in [
-                *getattr(component, "parameters", list)(),
-                *getattr(component, "buffers", list)(),
-            ]:
-                total += tensor.numel() * tensor.element_size()
-        return total
+        return 0 if self._pipe is None else weights_bytes(self._pipe)
 
     def unload(self) -> None:
         with self._lock:
             self._pipe = None
-            if self.device.startswith("cuda"):
-                import torch
-
-                torch.cuda.empty_cache()
+            release_device_memory(self.device)
 
     def generate_batch_checked(
         self,
