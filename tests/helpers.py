@@ -36,8 +36,8 @@ def make_request(**changes: object) -> GenerationRequest:
 
 
 class FakeEngine:
-    """Stands in for the diffusers engine: a flat image whose colour comes from the seed; for a
-    super_resolution job, its input resized to the job's size."""
+    """Stands in for the diffusers engine: a flat image of the output's size whose colour comes
+    from the seed; for a super_resolution job, its input resized to the job's size."""
 
     model = "sdapi-tiny"
 
@@ -87,4 +87,4 @@ def _fake_image(request: GenerationRequest, seed: int, images: Any) -> Any:
 
     if request.task is Task.UPSCALE:
         return images["init"].resize((request.width, request.height))
-    return Image.new("RGB", (request.width, request.height), (seed % 256, (seed >> 8) % 256, 7))
+    return Image.new("RGB", request.output_size, (seed % 256, (seed >> 8) % 256, 7))

@@ -21,6 +21,11 @@ UPSCALE_NATIVE_SCALE = 4
 #: The VAE decode of an upscaler's x4 output costs about this many of its denoising steps
 #: (measured on the built-in tiny upscaler on a CPU, 64 to 256 px inputs), so it is counted in.
 UPSCALE_DECODE_STEPS = 6
+#: The strength of the refining img2img pass of `highres_fix` and `upscale`: enough to redraw
+#: detail at the larger size, little enough to keep the composition (A1111 users pick 0.3-0.6).
+REFINE_STRENGTH = 0.5
+#: Self-attention guidance runs the UNet on a blurred copy too: 3 passes a step instead of 2.
+SELF_ATTENTION_COST = 1.5
 
 
 class Task(StrEnum):
@@ -111,6 +116,24 @@ class GenerationRequest:
     #: times it) and the noise added to the low-resolution image (the x4 upscaler's noise_level).
     scale: int | None = None
     noise_level: int | None = None
+    #: Pipeline variants (sdapi.engine.variants): MultiDiffusion panorama, self-attention
+    #: guidance. Text-to-image on SD 1.x/2.x models only; the API drops them elsewhere, saying so.
+    panorama: bool = False
+    self_attention: bool = False
+    #: Second pass (sdapi.engine.passes): `highres_fix` draws at the model's native size first
+    #: when the request is larger, `upscale` (1-3) multiplies the output's sides; either way
+    #: the picture is enlarged and refined with img2img. width/height stay the requested size.
+    highres_fix: bool = False
+    upscale: int = 1
+    #: A VAE from the models folder to decode with (sdapi.engine.vaes); None: the model's own.
+    vae: str | None = None
+    #: Token merging (tomesd) during the call: faster, slightly different images.
+    tomesd: bool = False
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """The images' size: the requested one, times `upscale`."""
+        return self.width * self.upscale, self.height * self.upscale
 
     def seeds(self) -> list[int]:
         """One seed per image, so image i is the same whatever else runs beside it."""
@@ -139,7 +162,23 @@ class GenerationRequest:
             parts.append(f"scale:{self.scale}")
         if self.noise_level is not None:
             parts.append(f"noise_level:{self.noise_level}")
+        parts.extend(self._pipeline_option_key_parts())
         return "|".join(str(p) for p in parts)
+
+    def _pipeline_option_key_parts(self) -> list[str]:
+        """The batch key's parts for options that change the pipeline or its passes."""
+        flags = {
+            "panorama": self.panorama,
+            "self_attention": self.self_attention,
+            "highres_fix": self.highres_fix,
+            "tomesd": self.tomesd,
+        }
+        parts = [name for name, on in flags.items() if on]
+        if self.upscale != 1:
+            parts.append(f"upscale:{self.upscale}")
+        if self.vae is not None:
+            parts.append(f"vae:{self.vae}")
+        return parts
 
     def _model_option_key_parts(self) -> list[str]:
         """The batch key's parts for LoRAs, embeddings, clip_skip and the safety checker.
@@ -170,7 +209,16 @@ class GenerationRequest:
         steps = self.steps
         if self.task is not Task.TEXT2IMG and self.strength is not None:
             steps = max(1, int(self.steps * self.strength))  # diffusers skips the early steps
-        return steps * self.samples * self.width * self.height / REFERENCE_PIXELS
+        units = steps * self.samples * self.width * self.height / REFERENCE_PIXELS
+        if self.self_attention:
+            units *= SELF_ATTENTION_COST  # one more UNet pass a step
+        if self.highres_fix or self.upscale != 1:
+            # The refining pass: img2img at the output size (an upper bound with highres_fix,
+            # whose first pass may be smaller than counted).
+            width, height = self.output_size
+            refine = max(1, int(self.steps * REFINE_STRENGTH))
+            units += refine * self.samples * width * height / REFERENCE_PIXELS
+        return units
 
     def _upscale_units(self) -> float:
         """The x4 upscaler runs its steps on the input's pixels and decodes a 4x image; both

@@ -8,10 +8,13 @@ leak into the next call) and one CPU generator per image, seeded from the reques
 depends only on its own seed: the same request gives the same bytes on any device, in any
 process. Inpainting pastes the init image back outside the mask.
 
-Per request, and undone before the next call (sdapi.engine.adapter_loader): LoRAs with their
-weights and textual-inversion embeddings from the models folder; `clip_skip`. After the call,
-the images of requests that ask for it go through the safety checker (sdapi.engine.safety), and
-flagged ones are replaced; `generate_batch_checked` also says which.
+Per request, and undone before the next call: LoRAs with their weights and textual-inversion
+embeddings from the models folder (sdapi.engine.adapter_loader), `clip_skip`, a VAE from the
+models folder (sdapi.engine.vae_loader), token merging (sdapi.engine.token_merging). A request
+may run on a pipeline variant (panorama, self-attention guidance: sdapi.engine.variants) and in
+two passes (highres_fix, upscale: sdapi.engine.passes). After the call, the images of requests
+that ask for it go through the safety checker (sdapi.engine.safety), and flagged ones are
+replaced; `generate_batch_checked` also says which.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import inspect
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -26,6 +30,7 @@ from PIL import Image
 
 from sdapi.batching import Row, plan_calls
 from sdapi.engine import clip_skip as clip_skips
+from sdapi.engine import passes, variants
 from sdapi.engine.adapter_loader import Adapters
 from sdapi.engine.families import SD, Family, check_size, family_of
 from sdapi.engine.models import load_pipeline
@@ -37,7 +42,9 @@ from sdapi.engine.safety import (
     replace_flagged,
 )
 from sdapi.engine.schedulers import make_scheduler
-from sdapi.jobs import GenerationRequest, Task
+from sdapi.engine.token_merging import merged_tokens, tomesd_problem
+from sdapi.engine.vae_loader import Vaes
+from sdapi.jobs import REFINE_STRENGTH, GenerationRequest, Task
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline, SchedulerMixin
@@ -99,7 +106,10 @@ class Engine:
         #: SDAPI_SAFETY_CHECKER, then the models folder's, then the built-in for tiny models.
         self.safety_checker = safety_checker
         self._adapters = Adapters(self.models_dir)
+        self._vaes = Vaes(self.models_dir)
         self._pipes: dict[Task, DiffusionPipeline] = {}
+        #: Panorama and SAG pipelines, derived on first use like img2img and inpaint.
+        self._variants: dict[str, DiffusionPipeline] = {}
         self._scheduler_config: dict[str, Any] = {}
         self._default_scheduler: type[SchedulerMixin] | None = None
         #: "sd", "sdxl", "sd3" once loaded; None before, or for other kinds of pipeline.
@@ -133,7 +143,9 @@ class Engine:
         """Drop the pipelines so their memory can be reused (GPU memory is released too)."""
         with self._lock:
             self._pipes.clear()
+            self._variants.clear()
             self._adapters.reset()
+            self._vaes.reset()
             release_device_memory(self.device)
 
     def generate(
@@ -211,16 +223,14 @@ class Engine:
         rows: Sequence[Row],
         on_step: StepCallback | None,
     ) -> list[Image.Image]:
-        """One pipeline call: an RGB image per row."""
+        """One pipeline call (two with highres_fix or upscale): an RGB image per row."""
         first = requests[0]
-        pipe.scheduler = self._fresh_scheduler(first)
-        inputs = _call_inputs(pipe, requests, images, rows)
-        inputs |= self._clip_skip_input(pipe, first)
-        if on_step is not None:
-            inputs["callback_on_step_end"] = _step_callback(on_step)
-        with clip_skips.final_norm_shim(pipe, "clip_skip" in inputs):
-            result = pipe(**inputs)
-        made = [image.convert("RGB") for image in result.images]
+        size = passes.first_pass_size(first, passes.native_size(pipe))
+        two_pass = size != first.output_size  # highres_fix on a small size needs no second
+        progress = on_step if on_step is None or not two_pass else _overall(on_step, 0, 2)
+        inputs = _call_inputs(pipe, requests, images, rows, size)
+        inputs |= variants.variant_inputs(variants.variant_of(first))
+        made = self._call(pipe, first, inputs, progress)
         if first.task is Task.INPAINT:
             made = [
                 _keep_unmasked(image, init, mask)
@@ -228,15 +238,60 @@ class Engine:
                     made, inputs["image"], inputs["mask_image"], strict=True
                 )
             ]
+        if two_pass:
+            made = self._refine(requests, rows, made, on_step and _overall(on_step, 1, 2))
         return made
+
+    def _refine(
+        self,
+        requests: Sequence[GenerationRequest],
+        rows: Sequence[Row],
+        made: list[Image.Image],
+        on_step: StepCallback | None,
+    ) -> list[Image.Image]:
+        """The second pass: `made` enlarged to the output size and redrawn by img2img."""
+        # One img2img request per row, with its own prompts; the batch's settings are shared.
+        refines = [_refining(requests[row.job]) for row in rows]
+        pipe = self._pipeline(refines[0])
+        enlarged = [{"init": image} for image in made]
+        refine = refines[0]
+        size = (refine.width, refine.height)
+        inputs = _call_inputs(pipe, refines, enlarged, _own_rows(rows), size)
+        return self._call(pipe, refine, inputs, on_step)
+
+    def _call(
+        self,
+        pipe: DiffusionPipeline,
+        request: GenerationRequest,
+        inputs: dict[str, Any],
+        on_step: StepCallback | None,
+    ) -> list[Image.Image]:
+        """Run `pipe` once with `inputs` and the request's scheduler, clip_skip and progress."""
+        pipe.scheduler = self._fresh_scheduler(request)
+        inputs |= self._clip_skip_input(pipe, request)
+        if on_step is not None:
+            inputs |= _progress_inputs(pipe, on_step, request.steps)
+        with (
+            self._vaes.using(pipe, request.vae),
+            merged_tokens(pipe, request.tomesd),
+            clip_skips.final_norm_shim(pipe, "clip_skip" in inputs),
+        ):
+            result = pipe(**inputs)
+        return [image.convert("RGB") for image in result.images]
 
     def _prepare(self, request: GenerationRequest) -> DiffusionPipeline:
         """Check what the batch asks of this model, and set its LoRAs and embeddings."""
         if problem := check_size(self.family, request.width, request.height):
             raise ValueError(f"model {self.model}: {problem}")
-        self._fresh_scheduler(request)  # refuses a bad scheduler before any work is done
-        pipe = self._pipeline(request.task)
+        scheduler = self._fresh_scheduler(request)  # refuses a bad one before any work is done
+        if problem := variants.request_problem(request, self.family, type(scheduler).__name__):
+            raise ValueError(f"model {self.model}: {problem}")
+        if request.tomesd and (problem := tomesd_problem(self.family)):
+            raise ValueError(f"model {self.model}: {problem}")
+        pipe = self._pipeline(request)
         self._clip_skip_input(pipe, request)  # refuses a bad clip_skip likewise
+        if request.vae is not None:
+            self._vaes.get(request.vae, pipe.vae)  # loads it, or refuses it, before the work
         self._adapters.apply(
             self._pipes[Task.TEXT2IMG], self.family, request.loras, request.embeddings
         )
@@ -286,13 +341,19 @@ class Engine:
             algorithm_type=request.algorithm_type,
         )
 
-    def _pipeline(self, task: Task) -> DiffusionPipeline:
-        """The pipeline for `task`, derived from the text2img one on first use.
+    def _pipeline(self, request: GenerationRequest) -> DiffusionPipeline:
+        """The pipeline for the request's task and variant, derived from the text2img one on
+        first use.
 
         A super_resolution request runs as "SD upscale": img2img over its input enlarged (with
         Lanczos) to the output size. The server sends those jobs to its x4 upscaler instead
         (sdapi.engine.upscale); this serves callers that give one to a text-to-image model.
         """
+        if variant := variants.variant_of(request):
+            if variant not in self._variants:
+                self._variants[variant] = variants.derive(self._pipes[Task.TEXT2IMG], variant)
+            return self._variants[variant]
+        task = request.task
         if task is Task.UPSCALE:
             task = Task.IMG2IMG
         if task not in self._pipes:
@@ -350,12 +411,12 @@ def _call_inputs(
     requests: Sequence[GenerationRequest],
     images: Sequence[Mapping[str, Image.Image]],
     rows: Sequence[Row],
+    size: tuple[int, int],
 ) -> dict[str, Any]:
-    """Pipeline arguments for one call: each row's own prompt, seed and input images."""
+    """Pipeline arguments for one call at `size`: each row's own prompt, seed and input images."""
     import torch
 
     first = requests[0]
-    size = (first.width, first.height)
     inputs: dict[str, Any] = {
         # One prompt and one generator per image, instead of num_images_per_prompt: an image
         # depends on its own seed only. CPU generators give the same noise on every device.
@@ -369,7 +430,7 @@ def _call_inputs(
     }
     # Explicit wherever accepted: inpaint would otherwise default to the UNet's size (512 px).
     if _accepts(pipe, "height"):
-        inputs |= {"height": first.height, "width": first.width}
+        inputs |= {"width": size[0], "height": size[1]}
     if first.task is Task.TEXT2IMG:
         return inputs
     inputs["image"] = [
@@ -423,6 +484,39 @@ def _keep_unmasked(image: Image.Image, init: Image.Image, mask: Image.Image) -> 
 
 def _accepts(pipe: DiffusionPipeline, parameter: str) -> bool:
     return parameter in inspect.signature(pipe.__call__).parameters
+
+
+def _refining(request: GenerationRequest) -> GenerationRequest:
+    """The second pass of a two-pass request: img2img at the output size, one pass."""
+    width, height = request.output_size
+    return replace(
+        request,
+        task=Task.IMG2IMG,
+        width=width,
+        height=height,
+        strength=REFINE_STRENGTH,
+        panorama=False,
+        self_attention=False,
+        highres_fix=False,
+        upscale=1,
+    )
+
+
+def _own_rows(rows: Sequence[Row]) -> list[Row]:
+    """The rows of a second pass, whose request i is row i's (same seeds)."""
+    return [replace(row, job=index) for index, row in enumerate(rows)]
+
+
+def _progress_inputs(pipe: DiffusionPipeline, on_step: StepCallback, steps: int) -> dict[str, Any]:
+    """The pipeline's step callback; SAG has only the old `callback(step, timestep, latents)`."""
+    if _accepts(pipe, "callback_on_step_end"):
+        return {"callback_on_step_end": _step_callback(on_step)}
+
+    def callback(step_index: int, timestep: Any, latents: Any) -> None:
+        if on_step(step_index + 1, steps) is False:
+            raise GenerationCancelled(f"cancelled after step {step_index + 1} of {steps}")
+
+    return {"callback": callback, "callback_steps": 1}
 
 
 def _step_callback(on_step: StepCallback) -> Callable[..., dict[str, Any]]:

@@ -1,0 +1,134 @@
+"""Pipeline variants for `panorama` and `self_attention` (spec section 3), from diffusers.
+
+- `panorama`: MultiDiffusion (`StableDiffusionPanoramaPipeline`, Bar-Tal et al. 2023): the
+  latent canvas is denoised as overlapping windows of the model's native size whose predictions
+  are averaged, so a wide image stays one coherent scene instead of a repeated one.
+- `self_attention`: Self-Attention Guidance (`StableDiffusionSAGPipeline`, Hong et al. 2023):
+  each step also runs the UNet on a copy blurred where the mid block attends, and steers away
+  from it: finer detail, about 1.5 times the time.
+
+Both exist for SD 1.x/2.x text-to-image only (diffusers has no SDXL or SD3 versions), and share
+the loaded model's weights (`from_pipe`). Diffusers marks both pipelines deprecated: they are
+kept as they are, not developed, which is what pinning diffusers already gives us.
+
+`variant_problem` is torch-free: the API uses it to tell a client what cannot be honoured.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any
+
+from sdapi.engine.families import SD, Family
+from sdapi.jobs import GenerationRequest, Task
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+PANORAMA = "panorama"
+SELF_ATTENTION = "self_attention"
+#: SAG's guidance weight: the paper's and diffusers' recommended value.
+SAG_SCALE = 0.75
+#: SAG predicts the clean image DDIM-style from the integer timestep (alphas_cumprod[t]), so it
+#: needs a scheduler whose latents are not scaled by sigmas: these.
+SAG_SCHEDULERS = frozenset(
+    {
+        "DDIMScheduler",
+        "DDPMScheduler",
+        "PNDMScheduler",
+        "DPMSolverMultistepScheduler",
+        "DPMSolverSinglestepScheduler",
+        "UniPCMultistepScheduler",
+        "DEISMultistepScheduler",
+        "LCMScheduler",
+    }
+)
+
+
+def variant_of(request: GenerationRequest) -> str | None:
+    """The variant a request runs on; panorama wins should a request ask for both (the API
+    refuses that)."""
+    if request.panorama:
+        return PANORAMA
+    if request.self_attention:
+        return SELF_ATTENTION
+    return None
+
+
+def variant_problem(option: str, family: Family | None, task: Task) -> str | None:
+    """Why `option` cannot run on this family and task; None when it can."""
+    if family != SD:
+        return f"{option} is only available for SD 1.x/2.x models (diffusers has no {family} one)"
+    if task is not Task.TEXT2IMG:
+        return f"{option} is only available for text2img"
+    return None
+
+
+def request_problem(
+    request: GenerationRequest, family: Family | None, scheduler_class: str
+) -> str | None:
+    """Why the request's variant cannot run with this family, task and scheduler."""
+    variant = variant_of(request)
+    if variant is None:
+        return None
+    if problem := variant_problem(variant, family, request.task):
+        return problem
+    return sag_scheduler_problem(scheduler_class) if variant == SELF_ATTENTION else None
+
+
+def sag_scheduler_problem(scheduler_class: str) -> str | None:
+    if scheduler_class in SAG_SCHEDULERS:
+        return None
+    names = ", ".join(sorted(SAG_SCHEDULERS))
+    return (
+        f"self_attention does not work with {scheduler_class} (its latents are scaled by"
+        f" sigmas); choose a scheduler among {names}"
+    )
+
+
+def derive(base: DiffusionPipeline, variant: str) -> DiffusionPipeline:
+    """The variant's pipeline over `base`'s components (no weights are copied)."""
+    from diffusers import StableDiffusionSAGPipeline
+
+    kind = _panorama_class() if variant == PANORAMA else StableDiffusionSAGPipeline
+    pipe = kind.from_pipe(base)
+    pipe.set_progress_bar_config(disable=True)  # from_pipe does not copy it
+    return pipe
+
+
+def variant_inputs(variant: str | None) -> dict[str, Any]:
+    """The variant's own call arguments."""
+    if variant == SELF_ATTENTION:
+        return {"sag_scale": SAG_SCALE}
+    if variant == PANORAMA:
+        return {"circular_padding": False}
+    return {}
+
+
+@functools.cache  # one class, made on first use (diffusers is imported lazily)
+def _panorama_class() -> type:
+    from diffusers import StableDiffusionPanoramaPipeline
+
+    class NativePanorama(StableDiffusionPanoramaPipeline):
+        """Windows of the model's native size. diffusers fixes them at 64 latents (512 px,
+        SD 1.x): right for SD 1.x, too small for 768 px SD 2.x models, too large for others."""
+
+        def get_views(
+            self,
+            panorama_height: int,
+            panorama_width: int,
+            window_size: int = 64,
+            stride: int = 8,
+            circular_padding: bool = False,
+        ) -> list[tuple[int, int, int, int]]:
+            window = int(self.unet.config.sample_size)
+            # diffusers' ratio: a window moves by an eighth of itself.
+            return super().get_views(
+                panorama_height,
+                panorama_width,
+                window_size=window,
+                stride=max(1, window // 8),
+                circular_padding=circular_padding,
+            )
+
+    return NativePanorama
