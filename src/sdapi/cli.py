@@ -67,6 +67,14 @@ OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
             '("" = off).'
         },
     ),
+    "--translator": (
+        "translator",
+        {
+            "help": "Translation model for multi_lingual, run by the API at submit time: "
+            "sdapi-tiny-translator (offline tests), a folder or a repo id such as "
+            'Helsinki-NLP/opus-mt-mul-en ("" = off, the default).'
+        },
+    ),
     "--workers": ("workers", {"type": int, "help": "Worker processes to start (0 = API only)."}),
     "--device": ("device", {"help": "auto, cpu, cuda or cuda:N."}),
     "--threads": ("threads", {"type": int, "help": "torch CPU threads per worker (0 = default)."}),
@@ -223,6 +231,7 @@ def serve(**flags: Any) -> None:
     from sdapi.backends import open_backends
     from sdapi.engine.models import check_model_ref
     from sdapi.engine.upscale import check_upscaler_ref
+    from sdapi.translation import check_translator_ref
     from sdapi.webhooks.secret import server_secret
     from sdapi.worker.process import WorkerSupervisor
 
@@ -234,6 +243,8 @@ def serve(**flags: Any) -> None:
             _or_exit(check_model_ref, model, registry, settings.models_dir)
         if settings.upscaler:
             _or_exit(check_upscaler_ref, settings.upscaler)
+    if settings.translator:
+        _or_exit(check_translator_ref, settings.translator)
     backends = _or_exit(open_backends, settings)
     _or_exit(server_secret, settings)  # a bad --webhook-secret stops here, in one line
     _first_key(backends.keys)

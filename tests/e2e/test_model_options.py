@@ -40,3 +40,28 @@ def test_a_flagged_image_is_replaced_and_reported(tmp_path: Path) -> None:
         assert "safety_checker_type" in bad_type["message"]
     finally:
         server.stop()
+
+
+def test_generation_options_through_a_real_server(tmp_path: Path) -> None:
+    """Prompt rewriting (translated, styled, enhanced) shows in meta; upscale doubles the sides;
+    panorama on SD is done and, asked of an img2img job, dropped with a note."""
+    key = create_key(tmp_path)
+    flags = ("--sync-timeout", "120", "--translator", "sdapi-tiny-translator")
+    server = Server(tmp_path, free_port(), flags).start()
+    try:
+        body = {**SMALL, "prompt": "ein kleiner roter Fuchs im tiefen Schnee", "upscale": "yes",
+                "multi_lingual": "yes", "enhance_style": "anime", "enhance_prompt": "yes",
+                "panorama": "yes", "width": 128}  # fmt: skip
+        done = server.post(key, "/api/v3/text2img", body)
+        assert done["status"] == "success", done
+        meta = done["meta"]
+        assert meta["language"] == "de" and meta["multi_lingual"] == "yes"
+        assert meta["prompt"].startswith("anime artwork of ") and "Fuchs" not in meta["prompt"]
+        assert meta["prompt"].endswith("symmetrical balance, in-frame")
+        assert (meta["upscale"], meta["panorama"], meta["W"]) == ("2", "yes", 128)
+        image = Image.open(io.BytesIO(httpx.get(done["output"][0]).content))
+        assert image.size == (256, 128)
+        bad = server.post(key, "/api/v3/text2img", {**SMALL, "enhance_style": "nope"})
+        assert bad["status"] == "error" and "enhance_style" in bad["message"]
+    finally:
+        server.stop()

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 
+from sdapi.api.prompts import PromptWriter, Rewritten
 from sdapi.api.v3.protocol import GenerationParams, UpscaleParams, check_upscale_input
 from sdapi.auth.keys import ApiKey
 from sdapi.backends import Backends
@@ -60,6 +61,7 @@ class Submissions:
         self.policy = policy
         #: Set when the server shuts down: no new jobs, and no more waiting for running ones.
         self.draining = draining or threading.Event()
+        self.prompts = PromptWriter(settings.translator, settings.models_dir)
 
     def create(self, owner: ApiKey, task: Task, params: GenerationParams, base_url: str) -> Job:
         """Store the inputs and enqueue the job (blocking: fetches URLs, writes files).
@@ -71,9 +73,17 @@ class Submissions:
         prefix = str(uuid.uuid4())
         stored = self._store_inputs(prefix, params)
         given = {field: getattr(params, field) for field in stored}
+        options = params.options
+        written = self.prompts.rewrite(params.prompt, params.negative_prompt, options)
+        # What the answer's meta shows beside the options: the language, and why any asked
+        # option was not applied.
+        echo = dict(written.echo)
+        if notes := {**options.notes, **written.echo.get("notes", {})}:
+            echo["notes"] = notes
 
         def build() -> NewJob:
-            return self._new_job(owner, self._request(task, params, stored), params, prefix, given)
+            request = self._request(task, params, stored, written)
+            return self._new_job(owner, request, params, prefix, given).with_echo(**echo)
 
         return self._enqueue(owner, stored, base_url, build)
 
@@ -161,14 +171,15 @@ class Submissions:
         return stored
 
     def _request(
-        self, task: Task, params: GenerationParams, stored: dict[str, str]
+        self, task: Task, params: GenerationParams, stored: dict[str, str], written: Rewritten
     ) -> GenerationRequest:
         seed = params.seed if params.seed is not None else secrets.randbelow(RANDOM_SEED_RANGE)
+        options = params.options
         return GenerationRequest(
             task=task,
             model=params.model_id or self.settings.default_model,
-            prompt=params.prompt,
-            negative_prompt=params.negative_prompt,
+            prompt=written.prompt,
+            negative_prompt=written.negative_prompt,
             width=params.width,
             height=params.height,
             samples=params.samples,
@@ -186,6 +197,12 @@ class Submissions:
             strength=params.strength if task is not Task.TEXT2IMG else None,
             init_image=stored.get("init_image"),
             mask_image=stored.get("mask_image"),
+            panorama=options.panorama,
+            self_attention=options.self_attention,
+            highres_fix=options.highres_fix,
+            upscale=options.upscale,
+            vae=options.vae,
+            tomesd=options.tomesd,
         )
 
     def _upscale_request(

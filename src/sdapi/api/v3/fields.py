@@ -161,6 +161,12 @@ def _check_range(field: Field, value: Any) -> None:
         raise FieldError(f"The {field.label} must be a multiple of {field.multiple_of}.")
 
 
+def sentence(text: str) -> str:
+    """An engine message as a field message: one final stop (its first word may be a name, so
+    it is not capitalised)."""
+    return f"{text.rstrip('.')}."
+
+
 def _num(value: float | None) -> str:
     if value is None:
         return "any"

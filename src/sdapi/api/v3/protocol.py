@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from sdapi.api.v3.fields import Field, is_absent, read_fields
+from sdapi.api.v3.fields import Field, is_absent, read_fields, sentence
+from sdapi.api.v3.options import OPTION_FIELDS, Options, read_options
 from sdapi.engine.adapters import check_adapters, parse_embeddings, parse_loras
 from sdapi.engine.families import Family, check_size
 from sdapi.engine.models import model_family
@@ -74,6 +75,8 @@ class GenerationParams:
     safety_checker: bool = False
     safety_checker_type: str = "sensitive_content_text"
     clip_skip: int | None = None
+    #: Prompt rewriting, pipeline variants, second passes, VAE, token merging (options.py).
+    options: Options = field(default_factory=Options)
 
 
 def generation_fields(settings: Settings, task: Task) -> list[Field]:
@@ -267,6 +270,7 @@ def generation_fields(settings: Settings, task: Task) -> list[Field]:
             maximum=7 * 24 * 3600,
             description="sdapi: seconds the job may wait in line; still queued then, it fails.",
         ),
+        *OPTION_FIELDS,
     ]
 
 
@@ -276,13 +280,6 @@ def read_generation(
     """The request's fields, checked. With `model_required` (the community-model families),
     `model_id` must name a served model; otherwise an unknown one is ignored, as v3 did."""
     values = read_fields(body, generation_fields(settings, task))
-    pixels = values["width"] * values["height"] * values["samples"]
-    if pixels > settings.max_job_pixels:
-        raise ValidationFailed.one(
-            "samples",
-            f"The width x height x samples must be at most {settings.max_job_pixels} pixels"
-            f" (this request asks for {pixels}).",
-        )
     if task is not Task.TEXT2IMG:
         _check_denoising_steps(values["num_inference_steps"], values["strength"])
     if values["scheduler"] in UNSUPPORTED:
@@ -296,8 +293,12 @@ def read_generation(
         _check_model_id(values["model_id"], settings)
     if values["model_id"] not in settings.model:
         values["model_id"] = None
-    _check_family(values, settings, task)
+    family = _check_family(values, settings, task)
     _read_adapters(values, settings)
+    values["options"] = read_options(
+        values, family, task, settings.models_dir, translator=bool(settings.translator)
+    )
+    _check_pixels(values, settings)
     if values["seed"] == -1:
         values["seed"] = None
     # Image fields a task has no use for are ignored, like any unknown field.
@@ -316,7 +317,19 @@ def _check_model_id(model_id: str | None, settings: Settings) -> None:
         raise ModelNotFound(detail=f"served models: {', '.join(settings.model)}")
 
 
-def _check_family(values: dict[str, Any], settings: Settings, task: Task) -> None:
+def _check_pixels(values: dict[str, Any], settings: Settings) -> None:
+    """The output's pixels (upscale multiplies both sides) times samples, within the cap."""
+    factor = values["options"].upscale
+    pixels = values["width"] * values["height"] * values["samples"] * factor * factor
+    if pixels > settings.max_job_pixels:
+        raise ValidationFailed.one(
+            "samples",
+            f"The width x height x samples{' x upscale²' if factor > 1 else ''} must be at most"
+            f" {settings.max_job_pixels} pixels (this request asks for {pixels}).",
+        )
+
+
+def _check_family(values: dict[str, Any], settings: Settings, task: Task) -> Family | None:
     """What the model's family cannot run (a scheduler or option it lacks, a size it cannot
     make) is refused here, with the reason, instead of failing the job in the worker."""
     family = _family(values["model_id"] or settings.default_model, settings.models_dir)
@@ -330,16 +343,11 @@ def _check_family(values: dict[str, Any], settings: Settings, task: Task) -> Non
     if problem:
         about_algorithm = values["algorithm_type"] and "algorithm" in problem
         raise ValidationFailed.one(
-            "algorithm_type" if about_algorithm else "scheduler", _sentence(problem)
+            "algorithm_type" if about_algorithm else "scheduler", sentence(problem)
         )
     if problem := check_size(family, values["width"], values["height"]):
-        raise ValidationFailed.one("width", _sentence(problem))
-
-
-def _sentence(text: str) -> str:
-    """An engine message as a field message: one final stop (its first word may be a name, so
-    it is not capitalised)."""
-    return f"{text.rstrip('.')}."
+        raise ValidationFailed.one("width", sentence(problem))
+    return family
 
 
 def _read_adapters(values: dict[str, Any], settings: Settings) -> None:
@@ -349,13 +357,13 @@ def _read_adapters(values: dict[str, Any], settings: Settings) -> None:
         values["loras"] = parse_loras(values.pop("lora_model"), values.pop("lora_strength"))
         values["embeddings"] = parse_embeddings(values.pop("embeddings_model"))
     except ValueError as exc:
-        raise ValidationFailed.one("lora_model", _sentence(str(exc))) from None
+        raise ValidationFailed.one("lora_model", sentence(str(exc))) from None
     family = _family(values["model_id"] or settings.default_model, settings.models_dir)
     if problem := check_adapters(
         settings.models_dir, values["loras"], values["embeddings"], family
     ):
         field = "embeddings_model" if "embedding" in problem else "lora_model"
-        raise ValidationFailed.one(field, _sentence(problem))
+        raise ValidationFailed.one(field, sentence(problem))
 
 
 @functools.lru_cache(maxsize=256)

@@ -36,6 +36,18 @@ class Meta(_Answer):
     file_prefix: str
     base64: Literal["yes", "no"]
     temp: Literal["yes", "no"]
+    # Generation options as done (absent on super_resolution); `<option>_note` says why an
+    # option that was asked for was not applied.
+    enhance_prompt: Literal["yes", "no"] | None = None
+    enhance_style: str | None = None
+    multi_lingual: Literal["yes", "no"] | None = Field(None, description="Yes: translated.")
+    language: str | None = Field(None, description="With multi_lingual: the prompt's language.")
+    panorama: Literal["yes", "no"] | None = None
+    self_attention: Literal["yes", "no"] | None = None
+    highres_fix: Literal["yes", "no"] | None = None
+    upscale: Literal["no", "2", "3"] | None = Field(None, description="The output's factor.")
+    vae: str | None = Field(None, description="The VAE decoded with; default: the model's.")
+    tomesd: Literal["yes", "no"] | None = None
 
 
 class UpscaleMeta(Meta):

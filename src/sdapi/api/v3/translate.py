@@ -83,10 +83,32 @@ def meta(job: Job, links: Links, wire: Wire = V3) -> dict[str, Any]:
         data["embeddings_model"] = ",".join(r.embeddings)
     if r.clip_skip is not None:
         data["clip_skip"] = r.clip_skip
+    data |= option_meta(job)
     if job.track_id is not None:
         data["track_id"] = job.track_id
     if job.webhook is not None:
         data["webhook"] = job.webhook
+    return data
+
+
+def option_meta(job: Job) -> dict[str, Any]:
+    """The options of spec sections 3, 9 and 10 as done, and why any asked one was not."""
+    r, echo = job.request, job.echo
+    data: dict[str, Any] = {
+        "enhance_prompt": _yes_no(bool(echo.get("enhance_prompt"))),
+        "enhance_style": echo.get("enhance_style"),
+        "multi_lingual": _yes_no(bool(echo.get("multi_lingual"))),
+        "panorama": _yes_no(r.panorama),
+        "self_attention": _yes_no(r.self_attention),
+        "highres_fix": _yes_no(r.highres_fix),
+        "upscale": "no" if r.upscale == 1 else str(r.upscale),
+        "vae": r.vae or "default",
+        "tomesd": _yes_no(r.tomesd),
+    }
+    if "language" in echo:
+        data["language"] = echo["language"]
+    for name, text in echo.get("notes", {}).items():
+        data[f"{name}_note"] = text
     return data
 
 

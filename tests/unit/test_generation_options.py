@@ -1,0 +1,231 @@
+"""The generation options of spec sections 3, 9 and 10, torch-free: how the API reads them, what
+it drops (and says so), what it refuses, and what they do to a job's request and its meta."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pytest
+
+from sdapi.api import prompts
+from sdapi.api.prompts import PromptWriter
+from sdapi.api.v3.options import Options
+from sdapi.api.v3.protocol import read_generation
+from sdapi.api.v3.translate import Links, meta
+from sdapi.engine.passes import first_pass_size
+from sdapi.errors import ValidationFailed
+from sdapi.jobs import GenerationRequest, Job, JobStatus, Task
+from sdapi.prompting import ENHANCE_WORDS, STYLES, apply_style, enhance
+from sdapi.settings import Settings
+from sdapi.storage.local import LocalStore
+from tests.helpers import make_request
+
+
+def test_option_modules_do_not_import_torch() -> None:
+    modules = (
+        "sdapi.api.v3.options, sdapi.api.prompts, sdapi.prompting, sdapi.engine.passes,"
+        " sdapi.engine.variants, sdapi.engine.vaes, sdapi.engine.token_merging, sdapi.translation"
+    )
+    code = (
+        f"import sys; import {modules};"
+        " sys.exit(bool({'torch', 'diffusers', 'transformers'} & set(sys.modules)))"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# --- prompts -----------------------------------------------------------------------------------
+
+
+def test_enhance_appends_the_real_api_s_words() -> None:
+    assert enhance("a cat") == f"a cat, {ENHANCE_WORDS}"
+    assert "((cinematic lighting))" in ENHANCE_WORDS
+    assert enhance("  ") == ENHANCE_WORDS
+
+
+@pytest.mark.parametrize("name", sorted(STYLES))
+def test_every_style_wraps_the_prompt(name: str) -> None:
+    prompt, negative = apply_style(name, " a red fox ", "blurry")
+    assert "a red fox" in prompt and prompt != "a red fox"
+    assert negative.startswith("blurry, ") and len(negative) > len("blurry, ")
+
+
+def test_rewriting_order_translate_style_enhance(tmp_path: Path) -> None:
+    writer = PromptWriter("", tmp_path)
+    written = writer.rewrite("a fox", "", Options(enhance_style="anime", enhance_prompt=True))
+    assert written.prompt.startswith("anime artwork of a fox")
+    assert written.prompt.endswith(ENHANCE_WORDS)
+    assert written.echo == {"enhance_style": "anime", "enhance_prompt": True}
+    assert writer.rewrite("a fox", "x", Options()).prompt == "a fox"
+
+
+def test_a_failing_translator_leaves_the_prompt_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads: list[str] = []
+
+    class Unloadable:
+        def __init__(self, source: str, models_dir: Path, threads: int) -> None:
+            self.source = source
+
+        def load(self) -> None:
+            loads.append(self.source)
+            raise OSError("no-such-org/no-such-translator is not on the hub")
+
+    monkeypatch.setattr(prompts, "Translator", Unloadable)
+    writer = PromptWriter("no-such-org/no-such-translator", tmp_path)
+    for _ in range(2):
+        written = writer.rewrite("ein Fuchs im Schnee", "", Options(multi_lingual=True))
+        assert written.prompt == "ein Fuchs im Schnee"
+        assert "not on the hub" in written.echo["notes"]["multi_lingual"]
+    assert len(loads) == 1  # remembered, not tried again on every request
+
+
+# --- reading the wire --------------------------------------------------------------------------
+
+
+def read(body: dict, settings: Settings | None = None, task: Task = Task.TEXT2IMG) -> Options:
+    settings = settings or Settings(models_dir=Path("/nonexistent"))
+    return read_generation({"prompt": "p", **body}, settings, task).options
+
+
+def errors(body: dict, settings: Settings | None = None) -> dict[str, list[str]]:
+    with pytest.raises(ValidationFailed) as caught:
+        read(body, settings)
+    return caught.value.message  # type: ignore[return-value]
+
+
+def test_defaults_ask_for_nothing() -> None:
+    assert read({}) == Options()
+    # What v3 clients send by habit (spec section 3's example body) changes nothing either.
+    habit = {"enhance_prompt": "no", "multi_lingual": "no", "panorama": "no",
+             "self_attention": "no", "upscale": "no", "embeddings_model": None}  # fmt: skip
+    assert read(habit) == Options()
+
+
+@pytest.mark.parametrize(
+    ("value", "factor"),
+    [("yes", 2), ("no", 1), ("1", 1), ("2", 2), (2, 2), ("3", 3), (3, 3), ("true", 2)],
+)
+def test_upscale_values(value: object, factor: int) -> None:
+    assert read({"upscale": value}).upscale == factor
+
+
+@pytest.mark.parametrize("value", ["4", "x2", "1.5", True])
+def test_bad_upscale_values_are_refused(value: object) -> None:
+    assert "upscale" in errors({"upscale": value})
+
+
+def test_upscale_counts_in_the_pixel_cap() -> None:
+    settings = Settings(models_dir=Path("/nonexistent"), max_job_pixels=1024 * 1024)
+    assert read({"width": 512, "height": 512, "upscale": "2"}, settings).upscale == 2
+    message = errors({"width": 512, "height": 512, "upscale": "3"}, settings)["samples"][0]
+    assert "upscale" in message and "2359296" in message
+
+
+def test_unknown_style_is_refused() -> None:
+    assert "enhance_style" in errors({"enhance_style": "vaporwave-deluxe"})
+
+
+def test_variants_are_dropped_where_they_cannot_run_and_say_why() -> None:
+    sdxl = Settings(model=("sdapi-tiny-sdxl",), models_dir=Path("/nonexistent"))
+    options = read({"panorama": "yes", "self_attention": "yes"}, sdxl)
+    assert not options.panorama and not options.self_attention
+    assert "SD 1.x/2.x" in options.notes["panorama"]
+    img2img = read({"panorama": "yes", "init_image": "https://x/y.png"}, task=Task.IMG2IMG)
+    assert not img2img.panorama and "text2img" in img2img.notes["panorama"]
+    both = read({"panorama": "yes", "self_attention": "yes"})
+    assert both.panorama and not both.self_attention
+    assert "panorama" in both.notes["self_attention"]
+
+
+def test_self_attention_with_a_sigma_scheduler_is_refused() -> None:
+    message = errors({"self_attention": "yes", "scheduler": "EulerDiscreteScheduler"})
+    assert "DDIMScheduler" in message["scheduler"][0]
+    assert read({"self_attention": "yes", "scheduler": "DDIMScheduler"}).self_attention
+
+
+def test_tomesd_on_sd3_and_multi_lingual_without_translator_are_dropped() -> None:
+    sd3 = Settings(model=("sdapi-tiny-sd3",), models_dir=Path("/nonexistent"))
+    options = read({"tomesd": "yes", "multi_lingual": "yes"}, sd3)
+    assert not options.tomesd and "tomesd" in options.notes
+    assert not options.multi_lingual and "--translator" in options.notes["multi_lingual"]
+    translating = Settings(translator="sdapi-tiny-translator", models_dir=Path("/nonexistent"))
+    assert read({"multi_lingual": "yes"}, translating).multi_lingual
+
+
+def test_a_vae_must_be_installed(tmp_path: Path) -> None:
+    settings = Settings(models_dir=tmp_path)
+    assert "not installed" in errors({"vae": "stabilityai/sd-vae-ft-mse"}, settings)["vae"][0]
+    assert "vae" in errors({"vae": "../../etc"}, settings)
+    assert read({"vae": "default"}, settings).vae is None
+
+
+# --- the job -----------------------------------------------------------------------------------
+
+
+def test_options_enter_the_batch_key_and_the_work() -> None:
+    plain = make_request()
+    for changes in (
+        {"panorama": True},
+        {"self_attention": True},
+        {"highres_fix": True},
+        {"upscale": 2},
+        {"vae": "v"},
+        {"tomesd": True},
+    ):
+        assert replace(plain, **changes).batch_key != plain.batch_key, changes
+    assert replace(plain, upscale=2).work_units > plain.work_units
+    assert replace(plain, self_attention=True).work_units > plain.work_units
+    assert replace(plain, upscale=3).output_size == (192, 192)
+
+
+def test_requests_keep_their_options_in_json_and_old_json_reads() -> None:
+    request = make_request(panorama=True, upscale=3, vae="org/v", tomesd=True, highres_fix=True)
+    assert GenerationRequest.from_json(request.to_json()) == request
+    old = asdict(make_request())
+    for name in ("panorama", "self_attention", "highres_fix", "upscale", "vae", "tomesd"):
+        del old[name]
+    assert GenerationRequest.from_json(json.dumps(old)) == make_request()
+
+
+@pytest.mark.parametrize(
+    ("size", "highres", "native", "first"),
+    [
+        ((1024, 1024), True, 512, (512, 512)),
+        ((1024, 512), True, 512, (720, 360)),  # the native area, the request's aspect ratio
+        ((512, 512), True, 512, (512, 512)),  # no larger than native: one pass, as asked
+        ((1024, 1024), False, 512, (1024, 1024)),
+        ((2048, 64), True, 256, (1448, 64)),  # never below the smallest side
+    ],
+)
+def test_first_pass_size(size: tuple, highres: bool, native: int, first: tuple) -> None:
+    request = make_request(width=size[0], height=size[1], highres_fix=highres)
+    assert first_pass_size(request, native) == first
+
+
+def test_meta_says_what_was_done_and_why_not(tmp_path: Path) -> None:
+    request = make_request(panorama=True, upscale=2, vae="org/v")
+    echo = {
+        "enhance_prompt": True,
+        "enhance_style": "anime",
+        "language": "de",
+        "multi_lingual": True,
+        "notes": {"self_attention": "self_attention was not applied: not combined"},
+    }
+    job = Job(id=1, owner="k", status=JobStatus.SUCCESS, request=request, created_at=0.0,
+              output_names=("generations/x-0.png",), echo=echo)  # fmt: skip
+    data = meta(job, Links("http://h", LocalStore(tmp_path)))
+    assert data["panorama"] == "yes" and data["self_attention"] == "no"
+    assert data["upscale"] == "2" and data["vae"] == "org/v" and data["tomesd"] == "no"
+    assert data["enhance_prompt"] == "yes" and data["enhance_style"] == "anime"
+    assert data["multi_lingual"] == "yes" and data["language"] == "de"
+    assert data["self_attention_note"].startswith("self_attention was not applied")
+    plain = meta(
+        replace(job, request=make_request(), echo={}), Links("http://h", LocalStore(tmp_path))
+    )
+    assert plain["upscale"] == "no" and plain["vae"] == "default"
+    assert not [key for key in plain if key.endswith("_note")]
