@@ -30,10 +30,8 @@ import io
 import json
 import os
 import re
-import shutil
 import threading
 import unicodedata
-import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +41,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from sdapi.errors import ConfigurationError
+from sdapi.folders import build_atomically
 
 if TYPE_CHECKING:
     from py3langid.langid import LanguageIdentifier
@@ -418,35 +417,11 @@ def _quiet_transformers() -> None:
 
 
 def build_tiny_translator(dest: Path) -> Path:
-    """Build `sdapi-tiny-translator` into `dest` unless it is there; returns `dest`.
-
-    Built beside `dest` and renamed into place (as sdapi.engine.tiny builds its models; its
-    helpers look for diffusers' model_index.json, which a transformers folder has not), so a
-    crash never leaves half a model and racing builders are harmless: the first rename wins.
-    """
-    dest = Path(dest)
-    if (dest / _CONFIG).is_file():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.building-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
-        _save_tiny_translator(tmp)
-        _move_into_place(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already when the rename succeeded
-    return dest
-
-
-def _move_into_place(tmp: Path, dest: Path) -> None:
-    try:
-        os.replace(tmp, dest)  # replaces a missing or empty directory atomically, never a full one
-    except OSError:
-        if (dest / _CONFIG).is_file():
-            return  # a concurrent builder won; its model is identical
-        raise ConfigurationError(
-            f"{dest} exists but is not a model folder; remove it to rebuild {TINY_TRANSLATOR_ID}"
-        ) from None
+    """Build `sdapi-tiny-translator` into `dest` unless it is there (atomically, as the tiny
+    models: sdapi.folders); returns `dest`."""
+    return build_atomically(
+        dest, _CONFIG, _save_tiny_translator, "a translator folder", TINY_TRANSLATOR_ID
+    )
 
 
 def _save_tiny_translator(folder: Path) -> None:

@@ -123,7 +123,7 @@ def test_builds_are_identical_and_atomic(tmp_path: Path, tiny_folder: Path) -> N
 def test_a_full_folder_in_the_way_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigurationError, match="is not a model folder"):
+    with pytest.raises(ConfigurationError, match="is not a translator folder"):
         build_tiny_translator(tmp_path / "x")
 
 

@@ -174,7 +174,6 @@ class Submissions:
         self, task: Task, params: GenerationParams, stored: dict[str, str], written: Rewritten
     ) -> GenerationRequest:
         seed = params.seed if params.seed is not None else secrets.randbelow(RANDOM_SEED_RANGE)
-        options = params.options
         return GenerationRequest(
             task=task,
             model=params.model_id or self.settings.default_model,
@@ -197,12 +196,7 @@ class Submissions:
             strength=params.strength if task is not Task.TEXT2IMG else None,
             init_image=stored.get("init_image"),
             mask_image=stored.get("mask_image"),
-            panorama=options.panorama,
-            self_attention=options.self_attention,
-            highres_fix=options.highres_fix,
-            upscale=options.upscale,
-            vae=options.vae,
-            tomesd=options.tomesd,
+            **params.options.request_fields(),
         )
 
     def _upscale_request(

@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import threading
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -42,6 +40,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from sdapi.engine.tiny import BUILTIN_MODELS
 from sdapi.errors import ConfigurationError
+from sdapi.folders import build_atomically
 
 if TYPE_CHECKING:
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
@@ -218,26 +217,13 @@ def build_tiny_checker(dest: Path, checker_id: str = TINY_CHECKER_ID) -> Path:
     """
     if checker_id not in BUILTIN_CHECKERS:
         raise ConfigurationError(f"{checker_id!r} is not a built-in safety checker")
-    dest = Path(dest)
-    if (dest / _CONFIG).is_file():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.building-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
+
+    def save(folder: Path) -> None:
         checker, processor = _tiny_checker(flag_all=checker_id == FLAG_ALL_CHECKER_ID)
-        checker.save_pretrained(tmp, safe_serialization=True)
-        processor.save_pretrained(tmp)
-        try:
-            os.replace(tmp, dest)
-        except OSError:
-            if not (dest / _CONFIG).is_file():
-                raise ConfigurationError(
-                    f"{dest} exists but is not a safety checker; remove it to rebuild {checker_id}"
-                ) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+        checker.save_pretrained(folder, safe_serialization=True)
+        processor.save_pretrained(folder)
+
+    return build_atomically(dest, _CONFIG, save, "a safety checker", checker_id)
 
 
 def _tiny_checker(flag_all: bool) -> tuple[StableDiffusionSafetyChecker, Any]:

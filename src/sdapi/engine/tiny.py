@@ -20,9 +20,6 @@ image on a CPU).
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -30,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sdapi.engine.families import SD, SD3, SDXL, Family
 from sdapi.errors import ConfigurationError
+from sdapi.folders import build_atomically
 
 if TYPE_CHECKING:
     from diffusers import (
@@ -73,9 +71,8 @@ _T = TypeVar("_T")
 def build_tiny_model(dest: Path, model_id: str = TINY_MODEL_ID) -> Path:
     """Build the built-in `model_id` into `dest` unless it is already there; returns `dest`.
 
-    The folder appears atomically (built beside it, then renamed), so a crash never leaves half a
-    model, and several processes may race to build it: the first rename wins, the rest discard
-    their copy.
+    The folder appears atomically (sdapi.folders): a crash never leaves half a model, and several
+    processes may race to build it.
     """
     return _build(dest, model_id, _builder(model_id))
 
@@ -86,20 +83,10 @@ def build_tiny_upscaler(dest: Path) -> Path:
 
 
 def _build(dest: Path, model_id: str, builder: Callable[[], Any]) -> Path:
-    dest = Path(dest)
-    if (dest / MODEL_INDEX).is_file():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # Beside dest, so the final rename stays on one filesystem; mkdir (unlike mkdtemp) honours
-    # the umask, so the model folder gets the usual permissions.
-    tmp = dest.parent / f".{dest.name}.building-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
-        builder().save_pretrained(tmp, safe_serialization=True)
-        _move_into_place(tmp, dest, model_id)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already when the rename succeeded
-    return dest
+    def save(folder: Path) -> None:
+        builder().save_pretrained(folder, safe_serialization=True)
+
+    return build_atomically(dest, MODEL_INDEX, save, "a diffusers model folder", model_id)
 
 
 def _builder(model_id: str) -> Callable[[], Any]:
@@ -110,18 +97,6 @@ def _builder(model_id: str) -> Callable[[], Any]:
     # Looked up at call time, not stored in the mapping: tests replace a builder by name.
     builders = {SD: _tiny_pipeline, SDXL: _tiny_sdxl_pipeline, SD3: _tiny_sd3_pipeline}
     return builders[BUILTIN_MODELS[model_id]]
-
-
-def _move_into_place(tmp: Path, dest: Path, model_id: str) -> None:
-    try:
-        # rename replaces a missing or empty directory atomically, never a full one.
-        os.replace(tmp, dest)
-    except OSError:
-        if (dest / MODEL_INDEX).is_file():
-            return  # a concurrent builder won the race; its model is identical
-        raise ConfigurationError(
-            f"{dest} exists but is not a diffusers model folder; remove it to rebuild {model_id}"
-        ) from None
 
 
 # --- one builder per family -------------------------------------------------------------------

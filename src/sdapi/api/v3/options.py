@@ -40,6 +40,9 @@ UPSCALE_VALUES = {
     "3": 3,
 }
 
+#: The options the engine runs; the others rewrite the prompt.
+ENGINE_OPTIONS = ("panorama", "self_attention", "highres_fix", "upscale", "vae", "tomesd")
+
 OPTION_FIELDS = [
     Field(
         "enhance_prompt",
@@ -120,6 +123,11 @@ class Options:
     #: field -> why it was not honoured (the answer's meta shows it as `<field>_note`).
     notes: dict[str, str] = field(default_factory=dict)
 
+    def request_fields(self) -> dict[str, Any]:
+        """The options the engine runs: GenerationRequest's fields of the same names (the
+        prompt options are done before, at submit time)."""
+        return {name: getattr(self, name) for name in ENGINE_OPTIONS}
+
 
 def read_options(
     values: dict[str, Any],
@@ -130,16 +138,11 @@ def read_options(
     translator: bool,
 ) -> Options:
     """The options from the read field values, checked against the model's family and task."""
+    as_read = {f.name: values[f.name] for f in OPTION_FIELDS if f.name not in ("upscale", "vae")}
     options = Options(
-        enhance_prompt=values["enhance_prompt"],
-        enhance_style=values["enhance_style"],
-        multi_lingual=values["multi_lingual"],
-        panorama=values["panorama"],
-        self_attention=values["self_attention"],
-        highres_fix=values["highres_fix"],
+        **as_read,
         upscale=UPSCALE_VALUES[values["upscale"] or "no"],
         vae=_vae(values["vae"], family, models_dir),
-        tomesd=values["tomesd"],
     )
     _drop_variants(options, family, task)
     scheduler = values["scheduler"]  # the model's default is checked by the worker
