@@ -26,6 +26,9 @@ UPSCALE_DECODE_STEPS = 6
 REFINE_STRENGTH = 0.5
 #: Self-attention guidance runs the UNet on a blurred copy too: 3 passes a step instead of 2.
 SELF_ATTENTION_COST = 1.5
+#: Panorama windows (pixels): SD 1.x's native side, moved by an eighth of it.
+PANORAMA_WINDOW = 512
+PANORAMA_STRIDE = PANORAMA_WINDOW // 8
 
 
 class Task(StrEnum):
@@ -75,6 +78,18 @@ def check_transition(src: JobStatus, dst: JobStatus) -> None:
 def sources_of(dst: JobStatus) -> tuple[JobStatus, ...]:
     """The states a job may be in to move to `dst`; SQL backends put these in their WHERE."""
     return tuple(src for src, dsts in TRANSITIONS.items() if dst in dsts)
+
+
+def _panorama_cost(width: int, height: int) -> float:
+    """How many times its own area a panorama denoises: overlapping windows of the model's
+    native size, moved by an eighth of it (sdapi.engine.variants), counted at SD 1.x's 512 px
+    (the rate learned for the job's batch key corrects other models' estimates)."""
+
+    def views(side: int) -> int:
+        return (side - PANORAMA_WINDOW) // PANORAMA_STRIDE + 1 if side > PANORAMA_WINDOW else 1
+
+    window = min(width, PANORAMA_WINDOW) * min(height, PANORAMA_WINDOW)
+    return views(width) * views(height) * window / (width * height)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +227,8 @@ class GenerationRequest:
         units = steps * self.samples * self.width * self.height / REFERENCE_PIXELS
         if self.self_attention:
             units *= SELF_ATTENTION_COST  # one more UNet pass a step
+        if self.panorama:
+            units *= _panorama_cost(self.width, self.height)
         if self.highres_fix or self.upscale != 1:
             # The refining pass: img2img at the output size (an upper bound with highres_fix,
             # whose first pass may be smaller than counted).

@@ -181,6 +181,10 @@ def test_options_enter_the_batch_key_and_the_work() -> None:
     assert replace(plain, upscale=2).work_units > plain.work_units
     assert replace(plain, self_attention=True).work_units > plain.work_units
     assert replace(plain, upscale=3).output_size == (192, 192)
+    # A panorama denoises overlapping 512 px windows: 768 px wide is 5 of them, 512x384 each.
+    wide = make_request(width=768, height=384)
+    assert replace(wide, panorama=True).work_units == pytest.approx(wide.work_units * 10 / 3)
+    assert replace(plain, panorama=True).work_units == plain.work_units  # one window
 
 
 def test_requests_keep_their_options_in_json_and_old_json_reads() -> None:

@@ -288,6 +288,8 @@ class Engine:
             raise ValueError(f"model {self.model}: {problem}")
         if request.tomesd and (problem := tomesd_problem(self.family)):
             raise ValueError(f"model {self.model}: {problem}")
+        if request.highres_fix or request.upscale != 1:
+            self._fresh_scheduler(_refining(request))  # the second pass's img2img takes it too
         pipe = self._pipeline(request)
         self._clip_skip_input(pipe, request)  # refuses a bad clip_skip likewise
         if request.vae is not None:
