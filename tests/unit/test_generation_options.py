@@ -88,7 +88,7 @@ def test_a_failing_translator_leaves_the_prompt_and_says_why(
 
 
 def read(body: dict, settings: Settings | None = None, task: Task = Task.TEXT2IMG) -> Options:
-    settings = settings or Settings(models_dir=Path("/nonexistent"))
+    settings = settings or Settings(data_dir=Path("/nonexistent"))
     return read_generation({"prompt": "p", **body}, settings, task).options
 
 
@@ -120,7 +120,7 @@ def test_bad_upscale_values_are_refused(value: object) -> None:
 
 
 def test_upscale_counts_in_the_pixel_cap() -> None:
-    settings = Settings(models_dir=Path("/nonexistent"), max_job_pixels=1024 * 1024)
+    settings = Settings(data_dir=Path("/nonexistent"), max_job_pixels=1024 * 1024)
     assert read({"width": 512, "height": 512, "upscale": "2"}, settings).upscale == 2
     message = errors({"width": 512, "height": 512, "upscale": "3"}, settings)["samples"][0]
     assert "upscale" in message and "2359296" in message
@@ -131,7 +131,7 @@ def test_unknown_style_is_refused() -> None:
 
 
 def test_variants_are_dropped_where_they_cannot_run_and_say_why() -> None:
-    sdxl = Settings(model=("sdapi-tiny-sdxl",), models_dir=Path("/nonexistent"))
+    sdxl = Settings(model=("sdapi-tiny-sdxl",), data_dir=Path("/nonexistent"))
     options = read({"panorama": "yes", "self_attention": "yes"}, sdxl)
     assert not options.panorama and not options.self_attention
     assert "SD 1.x/2.x" in options.notes["panorama"]
@@ -148,17 +148,30 @@ def test_self_attention_with_a_sigma_scheduler_is_refused() -> None:
     assert read({"self_attention": "yes", "scheduler": "DDIMScheduler"}).self_attention
 
 
+def test_self_attention_with_the_model_s_own_sigma_scheduler_is_refused(tmp_path: Path) -> None:
+    # The built-in tiny model's folder, as the worker builds it: its scheduler is Euler.
+    config = tmp_path / "models" / "sdapi-tiny" / "scheduler" / "scheduler_config.json"
+    config.parent.mkdir(parents=True)
+    config.write_text(json.dumps({"_class_name": "EulerDiscreteScheduler"}))
+    settings = Settings(data_dir=tmp_path)
+    message = errors({"self_attention": "yes"}, settings)["scheduler"][0]
+    assert "EulerDiscreteScheduler" in message
+    assert read({"self_attention": "yes", "scheduler": "PNDMScheduler"}, settings).self_attention
+    # Not built yet: the model's scheduler cannot be told here, and the worker checks it.
+    assert read({"self_attention": "yes"}).self_attention
+
+
 def test_tomesd_on_sd3_and_multi_lingual_without_translator_are_dropped() -> None:
-    sd3 = Settings(model=("sdapi-tiny-sd3",), models_dir=Path("/nonexistent"))
+    sd3 = Settings(model=("sdapi-tiny-sd3",), data_dir=Path("/nonexistent"))
     options = read({"tomesd": "yes", "multi_lingual": "yes"}, sd3)
     assert not options.tomesd and "tomesd" in options.notes
     assert not options.multi_lingual and "--translator" in options.notes["multi_lingual"]
-    translating = Settings(translator="sdapi-tiny-translator", models_dir=Path("/nonexistent"))
+    translating = Settings(translator="sdapi-tiny-translator", data_dir=Path("/nonexistent"))
     assert read({"multi_lingual": "yes"}, translating).multi_lingual
 
 
 def test_a_vae_must_be_installed(tmp_path: Path) -> None:
-    settings = Settings(models_dir=tmp_path)
+    settings = Settings(data_dir=tmp_path)
     assert "not installed" in errors({"vae": "stabilityai/sd-vae-ft-mse"}, settings)["vae"][0]
     assert "vae" in errors({"vae": "../../etc"}, settings)
     assert read({"vae": "default"}, settings).vae is None

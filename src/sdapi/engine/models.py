@@ -16,6 +16,7 @@ directory (an Engine loading its model in a worker) resolving registry ids with 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import warnings
@@ -102,13 +103,46 @@ def model_family(
     for the API's request validation: it never raises over a broken registry file (the server
     checked the file at start; the worker reports the problem when it loads the model).
     """
-    try:
-        entry = _registry(registry, models_dir).resolve(ref)
-    except ConfigurationError:
-        entry = Registry().resolve(ref)
+    entry = _entry(ref, models_dir, registry)
     if entry.family is not None:
         return entry.family
     return _source_family(entry.source, models_dir)
+
+
+def model_scheduler(
+    ref: str, models_dir: Path | None = None, registry: Registry | None = None
+) -> str | None:
+    """The class name of `ref`'s own scheduler, read from its files when they are at hand (a
+    folder, a hub model in the cache, a built-in model once built); None otherwise. Torch-free."""
+    folder = _local_folder(_entry(ref, models_dir, registry).source, models_dir)
+    if folder is None:
+        return None
+    try:
+        config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    name = config.get("_class_name") if isinstance(config, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _entry(ref: str, models_dir: Path | None, registry: Registry | None) -> ModelEntry:
+    # Never raises over a broken registry file (the server checked it at start).
+    try:
+        return _registry(registry, models_dir).resolve(ref)
+    except ConfigurationError:
+        return Registry().resolve(ref)
+
+
+def _local_folder(source: str, models_dir: Path | None) -> Path | None:
+    """The diffusers folder of a source, if it is on disk (single files have none of their own)."""
+    if source in BUILTIN_MODELS:
+        return Path(models_dir) / source if models_dir is not None else None
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if models_dir is None or not _is_repo_id(source):
+        return None
+    return _cached_snapshot(source, Path(models_dir) / "hub")
 
 
 def _source_family(source: str, models_dir: Path | None) -> Family | None:

@@ -9,6 +9,7 @@ wrong in themselves (an unknown style, a VAE that is not installed) are refused.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,8 +137,10 @@ def read_options(
     models_dir: Path,
     *,
     translator: bool,
+    scheduler: Callable[[], str | None],
 ) -> Options:
-    """The options from the read field values, checked against the model's family and task."""
+    """The options from the read field values, checked against the model's family and task;
+    `scheduler()` tells the model's own scheduler class (None when it cannot be told)."""
     as_read = {f.name: values[f.name] for f in OPTION_FIELDS if f.name not in ("upscale", "vae")}
     options = Options(
         **as_read,
@@ -145,14 +148,19 @@ def read_options(
         vae=_vae(values["vae"], family, models_dir),
     )
     _drop_variants(options, family, task)
-    scheduler = values["scheduler"]  # the model's default is checked by the worker
-    if options.self_attention and scheduler and (problem := sag_scheduler_problem(scheduler)):
-        raise ValidationFailed.one("scheduler", sentence(problem))
+    if options.self_attention:
+        _check_sag_scheduler(values["scheduler"] or scheduler())
     if options.tomesd and (problem := tomesd_problem(family)):
         _drop(options, "tomesd", problem)
     if options.multi_lingual and not translator:
         _drop(options, "multi_lingual", "this server has no translator (--translator)")
     return options
+
+
+def _check_sag_scheduler(scheduler: str | None) -> None:
+    """Refused now rather than failed in the worker; an unknown one is the worker's to check."""
+    if scheduler and (problem := sag_scheduler_problem(scheduler)):
+        raise ValidationFailed.one("scheduler", sentence(problem))
 
 
 def _drop_variants(options: Options, family: Family | None, task: Task) -> None:

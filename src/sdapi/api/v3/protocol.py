@@ -11,7 +11,7 @@ from sdapi.api.v3.fields import Field, is_absent, read_fields, sentence
 from sdapi.api.v3.options import OPTION_FIELDS, Options, read_options
 from sdapi.engine.adapters import check_adapters, parse_embeddings, parse_loras
 from sdapi.engine.families import Family, check_size
-from sdapi.engine.models import model_family
+from sdapi.engine.models import model_family, model_scheduler
 from sdapi.engine.safety import SAFETY_CHECKER_TYPES
 from sdapi.engine.schedulers import SCHEDULERS, UNSUPPORTED, check_scheduler_options
 from sdapi.errors import ModelNotFound, ValidationFailed
@@ -295,8 +295,14 @@ def read_generation(
         values["model_id"] = None
     family = _check_family(values, settings, task)
     _read_adapters(values, settings)
+    model = values["model_id"] or settings.default_model
     values["options"] = read_options(
-        values, family, task, settings.models_dir, translator=bool(settings.translator)
+        values,
+        family,
+        task,
+        settings.models_dir,
+        translator=bool(settings.translator),
+        scheduler=lambda: model_scheduler(model, settings.models_dir),
     )
     _check_pixels(values, settings)
     if values["seed"] == -1:
