@@ -471,6 +471,20 @@ def _tiny_tokenizer(folder: Path) -> MarianTokenizer:
         )
 
 
+#: The tiny translator's layers (any sequence-to-sequence config takes these names).
+TINY_SIZES: Mapping[str, int] = MappingProxyType(
+    {
+        "d_model": 32,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+        "encoder_attention_heads": 2,
+        "decoder_attention_heads": 2,
+        "encoder_ffn_dim": 37,
+        "decoder_ffn_dim": 37,
+    }
+)
+
+
 def _tiny_model(tokenizer: MarianTokenizer) -> MarianMTModel:
     import torch
     from transformers import GenerationConfig, MarianConfig, MarianMTModel
@@ -478,13 +492,7 @@ def _tiny_model(tokenizer: MarianTokenizer) -> MarianMTModel:
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     config = MarianConfig(
         vocab_size=len(tokenizer),
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=37,
-        decoder_ffn_dim=37,
+        **TINY_SIZES,
         max_position_embeddings=MAX_INPUT_TOKENS + MAX_NEW_TOKENS,
         pad_token_id=pad,
         eos_token_id=eos,

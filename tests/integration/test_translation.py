@@ -19,6 +19,7 @@ from sdapi.translation import (
     ENGLISH,
     LANGUAGES,
     MAX_NEW_TOKENS,
+    TINY_SIZES,
     TINY_TRANSLATOR_ID,
     Translator,
     build_tiny_translator,
@@ -183,13 +184,7 @@ def mbart_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     config = MBartConfig(
         vocab_size=len(tokenizer),
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=37,
-        decoder_ffn_dim=37,
+        **TINY_SIZES,
         max_position_embeddings=600,
         pad_token_id=pad,
         eos_token_id=eos,
