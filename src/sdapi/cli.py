@@ -398,7 +398,15 @@ REGISTRY_FLAGS = ("--data-dir", "--models-file")
 #: Their click parameter names.
 REGISTRY_PARAMS = tuple(OPTIONS[flag][0] for flag in REGISTRY_FLAGS)
 #: `models add` flags that are request defaults (click's parameter names).
-DEFAULT_OPTIONS = ("width", "height", "steps", "guidance_scale", "scheduler", "negative_prompt")
+DEFAULT_OPTIONS = (
+    "width",
+    "height",
+    "steps",
+    "guidance_scale",
+    "scheduler",
+    "negative_prompt",
+    "vae",
+)
 
 
 @models.command("list")
@@ -452,6 +460,7 @@ def _model_row(entry: ModelEntry, registry: Registry, settings: Settings) -> tup
 @click.option("--guidance-scale", type=click.FloatRange(min=0), help="Default guidance_scale.")
 @click.option("--scheduler", help="Default scheduler (a wire scheduler name).")
 @click.option("--negative-prompt", help="Default negative_prompt.")
+@click.option("--vae", help="Default vae: one installed in the models folder's vae/.")
 def models_add(model_id: str, source: str, **options: Any) -> None:
     """Declare MODEL_ID, loaded from SOURCE.
 

@@ -40,6 +40,7 @@ from typing import Any, Final
 from sdapi.engine.families import FAMILIES, Family, size_multiple
 from sdapi.engine.schedulers import check_scheduler_options
 from sdapi.engine.tiny import BUILTIN_MODELS
+from sdapi.engine.vaes import parse_vae
 from sdapi.errors import ConfigurationError
 
 #: The file's name in the data directory unless `--models-file` says otherwise.
@@ -71,6 +72,9 @@ class Defaults:
     guidance_scale: float | None = None
     scheduler: str | None = None
     negative_prompt: str | None = None
+    #: A VAE installed in the models folder's vae/ (sdapi.engine.vaes), e.g. the fine-tuned
+    #: stabilityai/sd-vae-ft-mse many SD 1.5 models are meant to be decoded with.
+    vae: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The defaults that are set, by field name."""
@@ -127,6 +131,7 @@ _DEFAULT_KEYS: Final[Mapping[str, tuple[type, ...]]] = {
     "guidance_scale": (int, float),
     "scheduler": (str,),
     "negative_prompt": (str,),
+    "vae": (str,),
 }
 
 
@@ -359,6 +364,10 @@ def _defaults_problem(defaults: Defaults, family: Family | None) -> str | None:
         problem := check_scheduler_options(defaults.scheduler, family)
     ):
         return f"defaults.scheduler: {problem}"
+    try:  # whether it is installed is checked per request, as a request's own vae is
+        parse_vae(defaults.vae)
+    except ValueError as exc:
+        return f"defaults.vae: {exc}"
     return None
 
 

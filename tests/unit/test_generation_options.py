@@ -14,15 +14,18 @@ import pytest
 from sdapi.api import prompts
 from sdapi.api.prompts import PromptWriter
 from sdapi.api.v3.options import Options
-from sdapi.api.v3.protocol import read_generation
+from sdapi.api.v3.protocol import read_generation, with_model_defaults
 from sdapi.api.v3.translate import Links, meta
 from sdapi.engine.passes import first_pass_size
-from sdapi.errors import ValidationFailed
+from sdapi.errors import ConfigurationError, ValidationFailed
 from sdapi.jobs import GenerationRequest, Job, JobStatus, Task
 from sdapi.prompting import ENHANCE_WORDS, STYLES, apply_style, enhance
+from sdapi.registry import Registry
+from sdapi.registry import parse as parse_registry
 from sdapi.settings import Settings
 from sdapi.storage.local import LocalStore
 from tests.helpers import make_request
+from tests.unit.test_vaes import write_config
 
 
 def test_option_modules_do_not_import_torch() -> None:
@@ -246,3 +249,20 @@ def test_meta_says_what_was_done_and_why_not(tmp_path: Path) -> None:
     )
     assert plain["upscale"] == "no" and plain["vae"] == "default"
     assert not [key for key in plain if key.endswith("_note")]
+
+
+def test_a_model_s_default_vae_comes_from_the_registry(tmp_path: Path) -> None:
+    folder = tmp_path / "models" / "vae" / "stabilityai" / "sd-vae-ft-mse"
+    write_config(folder)
+    (tmp_path / "models.toml").write_text(
+        '[models.dream]\nsource = "sdapi-tiny"\n\n'
+        '[models.dream.defaults]\nvae = "stabilityai/sd-vae-ft-mse"\n'
+    )
+    registry = Registry.load(tmp_path / "models.toml")
+    settings = Settings(data_dir=tmp_path, model=("dream",))
+    body = with_model_defaults({"prompt": "p"}, registry, settings)
+    assert read(body, settings).vae == "stabilityai/sd-vae-ft-mse"
+    own = with_model_defaults({"prompt": "p", "vae": "default"}, registry, settings)
+    assert read(own, settings).vae is None  # what the client sends wins
+    with pytest.raises(ConfigurationError, match=r"defaults\.vae"):
+        parse_registry('[models.x]\nsource = "sdapi-tiny"\n[models.x.defaults]\nvae = "../x"\n')
