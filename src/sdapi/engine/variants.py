@@ -97,12 +97,8 @@ def derive(base: DiffusionPipeline, variant: str) -> DiffusionPipeline:
 
 
 def variant_inputs(variant: str | None) -> dict[str, Any]:
-    """The variant's own call arguments."""
-    if variant == SELF_ATTENTION:
-        return {"sag_scale": SAG_SCALE}
-    if variant == PANORAMA:
-        return {"circular_padding": False}
-    return {}
+    """The variant's own call arguments (a panorama takes its defaults: no wrap-around)."""
+    return {"sag_scale": SAG_SCALE} if variant == SELF_ATTENTION else {}
 
 
 @functools.cache  # one class, made on first use (diffusers is imported lazily)
