@@ -20,8 +20,9 @@ from safetensors.torch import load_file, save_file
 from sdapi.engine import adapter_loader
 from sdapi.engine.engine import Engine
 from sdapi.engine.families import SD, SD3, SDXL
-from sdapi.engine.tiny import TINY_MODEL_ID, TINY_SD3_MODEL_ID, TINY_SDXL_MODEL_ID
+from sdapi.engine.tiny import TINY_MODEL_ID
 from sdapi.jobs import GenerationRequest, Task
+from tests.integration.conftest import MODELS
 from tests.integration.test_engine import noise_image, png, request
 
 pytestmark = [
@@ -30,7 +31,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept:DeprecationWarning"),
 ]
 
-MODELS = {SD: TINY_MODEL_ID, SDXL: TINY_SDXL_MODEL_ID, SD3: TINY_SD3_MODEL_ID}
 #: Attention projections: where LoRAs usually go.
 DENOISER_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -313,24 +313,15 @@ def test_clip_skip_with_a_text_encoder_lora(gen: Callable[..., bytes]) -> None:
 # --- the other families --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def family_engines(engine: Engine, models_dir: Path) -> dict[str, Engine]:
-    engines = {SD: engine}
-    for family in (SDXL, SD3):
-        engines[family] = Engine(MODELS[family], models_dir)
-        engines[family].load()
-    return engines
-
-
 def family_request(family: str, **changes: object) -> GenerationRequest:
     return request(model=MODELS[family], width=64, height=64, **changes)
 
 
 @pytest.mark.parametrize("family", [SDXL, SD3])
 def test_every_family_takes_loras_and_clip_skip(
-    family: str, family_engines: dict[str, Engine], models_dir: Path
+    family: str, engines: dict[str, Engine], models_dir: Path
 ) -> None:
-    engine = family_engines[family]
+    engine = engines[family]
     name = f"tiny-{family}"
     make_lora(models_dir / MODELS[family], family, models_dir / "loras" / f"{name}.safetensors", 5)
 
@@ -348,9 +339,9 @@ def test_every_family_takes_loras_and_clip_skip(
 
 
 def test_sdxl_embeddings_have_a_vector_per_text_encoder(
-    family_engines: dict[str, Engine], models_dir: Path
+    engines: dict[str, Engine], models_dir: Path
 ) -> None:
-    engine = family_engines[SDXL]
+    engine = engines[SDXL]
     folder = models_dir / "embeddings"
     folder.mkdir(exist_ok=True)
     make_embedding(folder / "sdapixl.safetensors", seed=6, layout="sdxl")
@@ -373,9 +364,9 @@ def test_sdxl_embeddings_have_a_vector_per_text_encoder(
     assert gen() == before
 
 
-def test_sd3_refuses_embeddings(family_engines: dict[str, Engine], adapter_files: Path) -> None:
+def test_sd3_refuses_embeddings(engines: dict[str, Engine], adapter_files: Path) -> None:
     with pytest.raises(ValueError, match="sd3 models do not take"):
-        family_engines[SD3].generate(family_request(SD3, embeddings=("sdapiemb",)))
+        engines[SD3].generate(family_request(SD3, embeddings=("sdapiemb",)))
 
 
 def test_a_fresh_state_after_unload(engine: Engine, adapter_files: Path) -> None:

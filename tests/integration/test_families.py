@@ -21,13 +21,12 @@ from sdapi.engine.models import model_family
 from sdapi.engine.schedulers import supported_schedulers
 from sdapi.engine.tiny import (
     BUILTIN_MODELS,
-    TINY_MODEL_ID,
-    TINY_SD3_MODEL_ID,
-    TINY_SDXL_MODEL_ID,
     build_tiny_model,
 )
 from sdapi.jobs import GenerationRequest, Task
+from tests.integration.conftest import MODELS
 from tests.integration.test_engine import center_mask, noise_image, pixels, png
+from tests.integration.test_engine import request as engine_request
 
 pytestmark = [
     pytest.mark.engine,
@@ -36,7 +35,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept:DeprecationWarning"),
 ]
 
-MODELS = {SD: TINY_MODEL_ID, SDXL: TINY_SDXL_MODEL_ID, SD3: TINY_SD3_MODEL_ID}
 FAMILIES = list(MODELS)
 #: Not square, so a swapped width and height shows; 48 is a multiple of SD3's 16.
 WIDTH, HEIGHT = 64, 48
@@ -44,20 +42,7 @@ ROWS = 4
 
 
 def request(family: str, task: Task = Task.TEXT2IMG, **changes: object) -> GenerationRequest:
-    base = GenerationRequest(
-        task=task,
-        model=MODELS[family],
-        prompt="a photo of a cat",
-        negative_prompt="blurry",
-        width=WIDTH,
-        height=HEIGHT,
-        samples=1,
-        steps=2,
-        guidance_scale=7.5,
-        seed=1234,
-        strength=None if task is Task.TEXT2IMG else 0.75,
-    )
-    return replace(base, **changes)
+    return engine_request(task, model=MODELS[family], width=WIDTH, height=HEIGHT, **changes)
 
 
 def inputs(seed: int = 1) -> dict[str, Image.Image]:
@@ -67,16 +52,6 @@ def inputs(seed: int = 1) -> dict[str, Image.Image]:
 
 def pngs(images: list[Image.Image]) -> list[bytes]:
     return [png(image) for image in images]
-
-
-@pytest.fixture(scope="session")
-def engines(engine: Engine, models_dir: Path) -> dict[str, Engine]:
-    """One loaded engine per family; SD's is the session engine of test_engine.py."""
-    loaded = {SD: engine}
-    for family in (SDXL, SD3):
-        loaded[family] = Engine(MODELS[family], models_dir)
-        loaded[family].load()
-    return loaded
 
 
 # --- the built-in models ----------------------------------------------------------------------

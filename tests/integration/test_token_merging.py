@@ -8,7 +8,6 @@ when it failed. SD3 has no UNet for tomesd to patch and is refused.
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -35,18 +34,14 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def sdxl_engine(models_dir: Path) -> Engine:
-    engine = Engine(TINY_SDXL_MODEL_ID, models_dir)
-    engine.load()
-    return engine
+@pytest.fixture
+def sdxl_engine(engines: dict[str, Engine]) -> Engine:
+    return engines[SDXL]
 
 
-@pytest.fixture(scope="module")
-def sd3_engine(models_dir: Path) -> Engine:
-    engine = Engine(TINY_SD3_MODEL_ID, models_dir)
-    engine.load()
-    return engine
+@pytest.fixture
+def sd3_engine(engines: dict[str, Engine]) -> Engine:
+    return engines[SD3]
 
 
 def make(

@@ -311,8 +311,8 @@ def test_unknown_names_say_what_is_installed(engine: Engine, vae_dir: Path, vaes
 # --- SD3 -----------------------------------------------------------------------------------------
 
 
-def test_an_sd3_model_decodes_with_a_16_channel_vae(models_dir: Path, vaes: Vaes) -> None:
-    engine = Engine(TINY_SD3_MODEL_ID, models_dir)
+def test_an_sd3_model_decodes_with_a_16_channel_vae(engines: dict[str, Engine], vaes: Vaes) -> None:
+    engine = engines[SD3]
     changes = {"model": TINY_SD3_MODEL_ID}
     before = generate(engine, vaes, **changes)
     swapped = generate(engine, vaes, "sd3/vae", **changes)

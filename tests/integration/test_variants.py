@@ -9,13 +9,13 @@ one batch must equal the ones made alone.
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sdapi.engine import passes
 from sdapi.engine.engine import Engine
+from sdapi.engine.families import SDXL
 from sdapi.engine.tiny import TINY_SDXL_MODEL_ID, _seeded, _vae
 from sdapi.jobs import Task
 from tests.integration.test_engine import png, request
@@ -73,8 +73,8 @@ def test_self_attention_refuses_sigma_schedulers(engine: Engine) -> None:
         engine.generate(request(self_attention=True))  # the tiny model's default: Euler
 
 
-def test_variants_are_refused_where_diffusers_has_none(models_dir: Path) -> None:
-    sdxl = Engine(TINY_SDXL_MODEL_ID, models_dir)
+def test_variants_are_refused_where_diffusers_has_none(engines: dict[str, Engine]) -> None:
+    sdxl = engines[SDXL]
     with pytest.raises(ValueError, match=r"only available for SD 1\.x/2\.x"):
         sdxl.generate(request(model=TINY_SDXL_MODEL_ID, panorama=True))
 

@@ -73,17 +73,6 @@ def start_server(settings: Settings, *, worker: bool) -> Iterator[Server]:
         thread.join()
 
 
-@pytest.fixture
-def server() -> Iterator[Server]:
-    yield from start_server(Settings(sync_timeout=10), worker=True)
-
-
-@pytest.fixture
-def idle_server() -> Iterator[Server]:
-    """No worker: every job stays queued, so answers are `processing`."""
-    yield from start_server(Settings(sync_timeout=0), worker=False)
-
-
 def png_b64(size: tuple[int, int] = (64, 64), color: str = "red") -> str:
     out = io.BytesIO()
     Image.new("RGB", size, color).save(out, format="PNG")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,25 +28,12 @@ from sdapi.storage.memory import MemoryStore
 from sdapi.worker.process import served_models
 from sdapi.worker.runner import Worker
 from tests.helpers import FakeEngine, make_request
-from tests.unit.test_api_v3 import BASE, Server, start_server
+from tests.unit.test_api_v3 import BASE, Server, png_b64, start_server
+
+#: The input most tests upscale.
+SIZE = (32, 24)
 
 UPSCALER = "sdapi-tiny-upscaler"
-
-
-@pytest.fixture
-def server() -> Iterator[Server]:
-    yield from start_server(Settings(sync_timeout=10), worker=True)
-
-
-@pytest.fixture
-def idle_server() -> Iterator[Server]:
-    yield from start_server(Settings(sync_timeout=0), worker=False)
-
-
-def png_b64(size: tuple[int, int] = (32, 24), color: str = "teal") -> str:
-    out = io.BytesIO()
-    Image.new("RGB", size, color).save(out, format="PNG")
-    return base64.b64encode(out.getvalue()).decode()
 
 
 def fetched_image(server: Server, url: str) -> Image.Image:
@@ -87,7 +72,7 @@ def test_scale_2_via_v5_with_init_image_resizes_the_x4_image_down(server: Server
 
 
 def test_face_enhance_is_accepted_but_meta_says_it_was_not_done(server: Server) -> None:
-    body = {"url": png_b64(), "face_enhance": True, "model_id": "RealESRGAN_x4plus"}
+    body = {"url": png_b64(SIZE), "face_enhance": True, "model_id": "RealESRGAN_x4plus"}
     meta = server.post("/api/v3/super_resolution", body)["meta"]
     assert meta["face_enhance"] == "no" and meta["face_enhance_note"] == FACE_ENHANCE_NOTE
     assert meta["model_id"] == UPSCALER  # the spec's Real-ESRGAN names are ignored
@@ -95,7 +80,7 @@ def test_face_enhance_is_accepted_but_meta_says_it_was_not_done(server: Server) 
 
 def test_processing_then_fetch_answers_the_url_string(idle_server: Server) -> None:
     s = idle_server
-    body = {"url": png_b64(), "track_id": "t-1", "webhook": "https://example.com/hook"}
+    body = {"url": png_b64(SIZE), "track_id": "t-1", "webhook": "https://example.com/hook"}
     answer = s.post("/api/v3/super_resolution", body)
     assert answer["status"] == "processing" and answer["output"] == []
     assert answer["fetch_result"] == f"{BASE}/api/v3/fetch/{answer['id']}"
@@ -153,7 +138,7 @@ def test_unsafe_urls_are_refused_before_any_job(idle_server: Server, url: str) -
 
 def test_an_upscaler_turned_off_answers_model_not_found() -> None:
     for s in start_server(Settings(sync_timeout=0, upscaler=""), worker=False):
-        answer = s.post("/api/v3/super_resolution", {"url": png_b64()})
+        answer = s.post("/api/v3/super_resolution", {"url": png_b64(SIZE)})
         assert answer["status"] == "error" and answer["message"] == "Model id not found"
 
 
