@@ -16,13 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
-from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.load
 
-from tests.load.driver import LoadConfig, Plan, deploy, report, run_load, scratch_postgres, verify
+from tests.load.driver import LoadConfig, Plan, report, run_load, scratch_deployment, verify
 
 
 def parse_args() -> argparse.Namespace:
@@ -61,18 +59,18 @@ def main() -> int:
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
-    with ExitStack() as stack:
-        data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sdapi-load-")))
-        url = None
-        if args.database == "postgres":
-            url = stack.enter_context(scratch_postgres(args.postgres_admin))
-        deployment = deploy(
-            data_dir, database_url=url, keys=args.keys, workers=args.workers, args=limits
-        )
+    with scratch_deployment(
+        "load",
+        args.database,
+        args.postgres_admin,
+        keys=args.keys,
+        workers=args.workers,
+        args=limits,
+    ) as deployment:
         try:
             result = run_load(deployment.url, Plan(deployment.keys, cfg.jobs), cfg)
         finally:
-            deployment.server.stop()
+            deployment.server.stop()  # all its log lines are in before verify reads them
         verdict = verify(result, deployment.database_url, deployment.log())
     print(report(verdict))
     return 0 if verdict.clean else 1

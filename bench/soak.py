@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.load
@@ -31,11 +29,10 @@ from tests.load.driver import (
     LoadConfig,
     Sample,
     Verdict,
-    deploy,
     history,
     memory_growth,
     report,
-    scratch_postgres,
+    scratch_deployment,
     soak,
     verify,
 )
@@ -100,16 +97,15 @@ def main() -> int:
         f"{os.cpu_count()} CPUs",
         flush=True,
     )
-    with ExitStack() as stack:
-        data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sdapi-soak-")))
-        url = None
-        if args.database == "postgres":
-            url = stack.enter_context(scratch_postgres(args.postgres_admin))
-        retention = ["--retention", f"{args.retention:g}s"]
-        deployment = deploy(
-            data_dir, database_url=url, keys=args.keys, workers=args.workers, args=retention
-        )
-        stack.callback(deployment.server.stop)
+    retention = ["--retention", f"{args.retention:g}s"]
+    with scratch_deployment(
+        "soak",
+        args.database,
+        args.postgres_admin,
+        keys=args.keys,
+        workers=args.workers,
+        args=retention,
+    ) as deployment:
         started = time.monotonic()
         result, samples = soak(
             deployment,

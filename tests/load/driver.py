@@ -25,7 +25,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -560,6 +560,28 @@ def deploy(
         server.stop()
         raise
     return deployment
+
+
+@contextmanager
+def scratch_deployment(
+    name: str,
+    database: str,
+    postgres_admin: str | None,
+    *,
+    keys: int,
+    workers: int,
+    args: Sequence[str] = (),
+) -> Iterator[Deployment]:
+    """`deploy` on a temporary data directory, and on a fresh PostgreSQL database when
+    `database` is "postgres"; the server is stopped and both are removed afterwards."""
+    with ExitStack() as stack:
+        data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"sdapi-{name}-")))
+        url = None
+        if database == "postgres":
+            url = stack.enter_context(scratch_postgres(postgres_admin))
+        deployment = deploy(data_dir, database_url=url, keys=keys, workers=workers, args=args)
+        stack.callback(deployment.server.stop)
+        yield deployment
 
 
 def wait_workers_ready(server: Server, workers: int, timeout: float = 120.0) -> None:

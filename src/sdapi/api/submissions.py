@@ -173,7 +173,6 @@ class Submissions:
     def _request(
         self, task: Task, params: GenerationParams, stored: dict[str, str], written: Rewritten
     ) -> GenerationRequest:
-        seed = params.seed if params.seed is not None else secrets.randbelow(RANDOM_SEED_RANGE)
         return GenerationRequest(
             task=task,
             model=params.model_id or self.settings.default_model,
@@ -184,7 +183,7 @@ class Submissions:
             samples=params.samples,
             steps=params.num_inference_steps,
             guidance_scale=params.guidance_scale,
-            seed=seed,
+            seed=_seed(params),
             scheduler=params.scheduler,
             use_karras_sigmas=params.use_karras_sigmas,
             algorithm_type=params.algorithm_type,
@@ -203,7 +202,6 @@ class Submissions:
         self, params: UpscaleParams, stored: str, size: tuple[int, int]
     ) -> GenerationRequest:
         """Width and height are the output's: the input's times the scale."""
-        seed = params.seed if params.seed is not None else secrets.randbelow(RANDOM_SEED_RANGE)
         return GenerationRequest(
             task=Task.UPSCALE,
             model=self.settings.upscaler,
@@ -214,7 +212,7 @@ class Submissions:
             samples=1,
             steps=params.num_inference_steps,
             guidance_scale=params.guidance_scale,
-            seed=seed,
+            seed=_seed(params),
             init_image=stored,
             scale=params.scale,
             noise_level=params.noise_level,
@@ -272,3 +270,8 @@ class Submissions:
             delay = min(delay * 1.5, MAX_POLL_S)
             job = await asyncio.to_thread(self.backends.queue.get, job.id) or job
         return job
+
+
+def _seed(params: GenerationParams | UpscaleParams) -> int:
+    """The client's seed, or one picked now: decided at submit so a retried job is the same."""
+    return params.seed if params.seed is not None else secrets.randbelow(RANDOM_SEED_RANGE)
