@@ -42,7 +42,8 @@ ROWS = 4
 
 
 def request(family: str, task: Task = Task.TEXT2IMG, **changes: object) -> GenerationRequest:
-    return engine_request(task, model=MODELS[family], width=WIDTH, height=HEIGHT, **changes)
+    sized = {"width": WIDTH, "height": HEIGHT, **changes}
+    return engine_request(task, model=MODELS[family], **sized)
 
 
 def inputs(seed: int = 1) -> dict[str, Image.Image]:
