@@ -46,6 +46,8 @@ class FakeEngine:
         if model is not None:
             self.model = model
         self.calls: list[list[GenerationRequest]] = []
+        #: The `rows` of each call: None for a call of its own size, N for calls padded to N.
+        self.rows: list[int | None] = []
 
     def load(self) -> None:
         self.loads = getattr(self, "loads", 0) + 1
@@ -56,16 +58,16 @@ class FakeEngine:
     def unload(self) -> None:
         self.unloads = getattr(self, "unloads", 0) + 1
 
-    def generate_batch_checked(self, requests, images, rows, on_step=None):  # type: ignore[no-untyped-def]
+    def generate_batch_checked(self, requests, images, rows=None, on_step=None):  # type: ignore[no-untyped-def]
         """As the engine's: nothing is checked here, so nothing is flagged."""
         outputs = self.generate_batch(requests, images, rows, on_step)
         return outputs, [[False] * len(images_of) for images_of in outputs]
 
-    def generate_batch(self, requests, images, rows, on_step=None):  # type: ignore[no-untyped-def]
-
+    def generate_batch(self, requests, images, rows=None, on_step=None):  # type: ignore[no-untyped-def]
         from sdapi.batching import plan_calls
 
         self.calls.append(list(requests))
+        self.rows.append(rows)
         if self.fail_with:
             raise RuntimeError(self.fail_with)
         calls = plan_calls(requests, rows)

@@ -1,10 +1,17 @@
-"""Dynamic batching with fixed shapes: how many images one pipeline call makes, and which.
+"""Dynamic batching, latency first: how many images one pipeline call may make, and which.
 
-Why fixed: on real kernels an image's pixels depend on the batch *size* it was computed in (a
-GEMM picks another micro-kernel for another M), but not on what the other rows hold or where
-the image sits. So every call for a batch key runs exactly `rows` images, padding with copies
-when fewer are waiting. An image is then byte-identical whether its job ran alone or beside
-others. Pure: no torch here, the worker and the engine share it.
+A job that finds no compatible company runs as a call of its own size: as fast as the bare
+pipeline call any peer server makes. Compatible jobs (one batch key) that are waiting when a
+worker starts a call share it, up to `call_cap` images: the size where, on the device, making
+more images at once stops making each one much cheaper. A job is never split across calls, so
+every image of a job was computed in a call of the same size, which its meta reports.
+
+Why that size is reported: on real kernels an image's pixels depend on how many images were
+computed with it (a matrix multiply picks another micro-kernel for another batch size), though
+not on what the other images are or where it sits among them. A request that names a
+`call_size` runs in calls of exactly that many images, padded with copies when fewer are
+waiting, and so reproduces, bit for bit, any image that meta says was made in such a call.
+Pure: no torch here; the worker and the engine share it.
 """
 
 from __future__ import annotations
@@ -12,22 +19,35 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sdapi.jobs import GenerationRequest
+from sdapi.jobs import GenerationRequest, Task
 
-#: Images per call on a CPU, by image area: batching only pays where per-step overhead
-#: dominates (measured: 2.7x at 64 px, 1.1-1.4x at 256 px, none at 512 px on 2 cores).
-CPU_ROWS = ((64 * 64, 4), (256 * 256, 2))
-#: On a GPU, batches fill the card: larger for small images, down to 2 at 1024x1024.
-GPU_ROWS = ((512 * 512, 8), (768 * 768, 4), (1024 * 1024, 2))
+#: Most images per call on a CPU, by image area (bench/call_sizes.py measures the curve on 2
+#: cores: per image, 4 at once take 0.37x the time of one at 64 px, 0.8x at 256 px, 0.85x at
+#: 512 px, where larger calls only delay the first of their jobs).
+CPU_CAPS = ((64 * 64, 8), (128 * 128, 4), (256 * 256, 4), (512 * 512, 2))
+#: On a GPU: larger for small images, down to 2 at 1024x1024 (to measure on the first card
+#: lent: bench/gpu.sh prints the curve).
+GPU_CAPS = ((512 * 512, 8), (768 * 768, 4), (1024 * 1024, 2))
 
 
-def rows_for(device: str, width: int, height: int, max_batch: int = 0) -> int:
-    """Images per pipeline call for this size: `max_batch` when set (>0), else by device."""
+def call_cap(device: str, width: int, height: int, max_batch: int = 0) -> int:
+    """The most images one call makes when jobs share it: `max_batch` when set (>0), else by
+    device and image area. A job with more samples still runs whole, in one call."""
     if max_batch > 0:
         return max_batch
-    table = CPU_ROWS if device == "cpu" else GPU_ROWS
+    table = CPU_CAPS if device == "cpu" else GPU_CAPS
     area = width * height
-    return next((rows for limit, rows in table if area <= limit), 1)
+    return next((cap for limit, cap in table if area <= limit), 1)
+
+
+def cap_for(request: GenerationRequest, device: str, max_batch: int = 0) -> int:
+    """The most images a call for `request`'s batch key makes."""
+    if request.call_size is not None:
+        return request.call_size
+    if request.task is Task.UPSCALE:
+        # An upscale's cost is its decode at 4x, which batching does not share.
+        return 1
+    return call_cap(device, request.width, request.height, max_batch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,13 +59,15 @@ class Row:
     seed: int
 
 
-def plan_calls(requests: Sequence[GenerationRequest], rows: int) -> list[list[Row]]:
-    """Split the images of compatible requests into calls of at most `rows` real images.
+def plan_calls(requests: Sequence[GenerationRequest], rows: int | None = None) -> list[list[Row]]:
+    """The images of compatible requests as calls: one call of them all when `rows` is None
+    (the worker's batches fit one call), else calls of at most `rows` images, which the engine
+    pads to exactly `rows`.
 
-    Jobs keep their order and an image keeps its own seed, so the split changes nothing about
-    any image; calls are padded to `rows` by the engine.
+    Jobs keep their order and an image keeps its own seed.
     """
     images = [
         Row(i, s, seed) for i, req in enumerate(requests) for s, seed in enumerate(req.seeds())
     ]
-    return [images[start : start + rows] for start in range(0, len(images), rows)]
+    size = rows or max(len(images), 1)
+    return [images[start : start + size] for start in range(0, len(images), size)]

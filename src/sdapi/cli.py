@@ -78,6 +78,14 @@ OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "--workers": ("workers", {"type": int, "help": "Worker processes to start (0 = API only)."}),
     "--device": ("device", {"help": "auto, cpu, cuda or cuda:N."}),
     "--threads": ("threads", {"type": int, "help": "torch CPU threads per worker (0 = default)."}),
+    "--compile/--no-compile": (
+        "compile",
+        {
+            "default": None,
+            "help": "torch.compile each model's UNet/transformer at load (GPU: faster steps,"
+            " a slower start).",
+        },
+    ),
     "--sync-timeout": (
         "sync_timeout",
         {"type": float, "help": "Seconds a generation call waits before answering processing."},
@@ -99,11 +107,18 @@ OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "--max-batch": (
         "max_batch",
-        {"type": int, "help": "Images per pipeline call (0 = by device and size, 1 = off)."},
+        {
+            "type": int,
+            "help": "Most images jobs share a pipeline call with (0 = by device and size,"
+            " 1 = off); a lone job always runs in a call of its own size.",
+        },
     ),
     "--batch-wait": (
         "batch_wait",
-        {"type": float, "help": "Seconds to wait for more jobs to fill a batch."},
+        {
+            "type": float,
+            "help": "Seconds a batch that found company waits for more of the burst.",
+        },
     ),
     "--model-memory": (
         "model_memory",
@@ -294,6 +309,7 @@ def webhook_secret(**flags: Any) -> None:
     "--upscaler",
     "--device",
     "--threads",
+    "--compile/--no-compile",
     "--lease-seconds",
     "--drain-timeout",
     "--max-batch",

@@ -14,8 +14,11 @@ from typing import Any
 
 #: Seeds are unsigned 64-bit integers (the wire sends them as int64, torch accepts 0..2**64-1).
 SEED_MODULUS = 2**64
-#: One "work unit" is one denoising step of one 512x512 image; rates are learned per unit.
+#: One "work unit" is one denoising step of one 512x512 image (sdapi.costs prices them).
 REFERENCE_PIXELS = 512 * 512
+#: The VAE decode of an image costs about this many of its denoising steps (1-2 for SD 1.5 on a
+#: GPU, 3-4 for the built-in tiny model on a CPU), so it is counted in its work units.
+DECODE_STEPS = 2
 #: The x4 upscaler's own factor: scales 2 and 3 run it, then resize its output down.
 UPSCALE_NATIVE_SCALE = 4
 #: The VAE decode of an upscaler's x4 output costs about this many of its denoising steps
@@ -144,6 +147,10 @@ class GenerationRequest:
     vae: str | None = None
     #: Token merging (tomesd) during the call: faster, slightly different images.
     tomesd: bool = False
+    #: Run in pipeline calls of exactly this many images (padded when fewer are waiting): an
+    #: image's bytes depend on how many were computed with it, so asking for the `call_size`
+    #: a result's meta shows reproduces it bit for bit. None: calls as the worker batches them.
+    call_size: int | None = None
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -178,6 +185,8 @@ class GenerationRequest:
         if self.noise_level is not None:
             parts.append(f"noise_level:{self.noise_level}")
         parts.extend(self._pipeline_option_key_parts())
+        if self.call_size is not None:
+            parts.append(f"call_size:{self.call_size}")
         return "|".join(str(p) for p in parts)
 
     def _pipeline_option_key_parts(self) -> list[str]:
@@ -218,24 +227,52 @@ class GenerationRequest:
 
     @property
     def work_units(self) -> float:
-        """Denoising work in 512x512-image-steps: what generation time scales with."""
+        """The work in 512x512-image-steps, decode included: what time grows with beyond a
+        call's fixed costs (sdapi.costs)."""
         if self.task is Task.UPSCALE:
             return self._upscale_units()
-        steps = self.steps
-        if self.task is not Task.TEXT2IMG and self.strength is not None:
-            steps = max(1, int(self.steps * self.strength))  # diffusers skips the early steps
-        units = steps * self.samples * self.width * self.height / REFERENCE_PIXELS
+        units = (self._denoising_steps + DECODE_STEPS) * self.samples * self._pixel_share
         if self.self_attention:
             units *= SELF_ATTENTION_COST  # one more UNet pass a step
         if self.panorama:
             units *= _panorama_cost(self.width, self.height)
-        if self.highres_fix or self.upscale != 1:
+        if self._two_pass:
             # The refining pass: img2img at the output size (an upper bound with highres_fix,
             # whose first pass may be smaller than counted).
             width, height = self.output_size
-            refine = max(1, int(self.steps * REFINE_STRENGTH))
-            units += refine * self.samples * width * height / REFERENCE_PIXELS
+            units += (
+                (self._refine_steps + DECODE_STEPS)
+                * self.samples
+                * width
+                * height
+                / (REFERENCE_PIXELS)
+            )
         return units
+
+    @property
+    def call_steps(self) -> int:
+        """Denoising steps a call for this request runs, both passes of a two-pass one."""
+        if self.task is Task.UPSCALE:
+            return self.steps
+        return self._denoising_steps + (self._refine_steps if self._two_pass else 0)
+
+    @property
+    def _denoising_steps(self) -> int:
+        if self.task is not Task.TEXT2IMG and self.strength is not None:
+            return max(1, int(self.steps * self.strength))  # diffusers skips the early steps
+        return self.steps
+
+    @property
+    def _refine_steps(self) -> int:
+        return max(1, int(self.steps * REFINE_STRENGTH))
+
+    @property
+    def _two_pass(self) -> bool:
+        return self.highres_fix or self.upscale != 1
+
+    @property
+    def _pixel_share(self) -> float:
+        return self.width * self.height / REFERENCE_PIXELS
 
     def _upscale_units(self) -> float:
         """The x4 upscaler runs its steps on the input's pixels and decodes a 4x image; both
@@ -295,6 +332,8 @@ class Job:
     keep_until: float | None = None
     #: The safety checker flagged (and replaced) at least one of its images.
     nsfw: bool = False
+    #: How many images the pipeline call that made its images computed (sdapi.batching).
+    call_size: int | None = None
 
     def evolve(self, **changes: Any) -> Job:
         """A copy with changes; a change of status must be allowed by the transition table."""
@@ -305,11 +344,33 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
+class Pending:
+    """Live jobs of one batch key that wait together (queued) or run together (processing, on
+    one worker): what the queue tells the ETA about the work ahead of a job."""
+
+    batch_key: str
+    #: The model and task (`rate_key`): what the key's cost is learned under.
+    rate_key: str
+    #: The worker running them; None for queued jobs.
+    worker_id: str | None
+    jobs: int
+    images: int
+    #: Their work units, and the denoising steps of one call for them.
+    units: float
+    steps: int
+    #: Running jobs: when the first started, and the least progress among them (0..1).
+    started_at: float | None = None
+    progress: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     queued: int
     processing: int
-    #: Work units waiting or running (not yet done), for the queue-time estimate.
-    pending_work: float
     live_workers: int
-    #: The same work by (batch key, model+task key), so each part is priced at its own rate.
-    pending_by_key: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    #: Every live job, grouped (see Pending), so each part is priced at its own cost.
+    pending: tuple[Pending, ...] = ()
+
+    @property
+    def pending_work(self) -> float:
+        return sum(group.units for group in self.pending)

@@ -75,11 +75,15 @@ class Settings(BaseSettings):
     device: str = "auto"
     #: torch CPU threads per worker; 0 = torch's default. Fixed threads keep images bit-identical.
     threads: int = Field(default=0, ge=0)
+    #: torch.compile each model's denoiser at load (sdapi.engine.speed): faster steps on a GPU,
+    #: paid once by a warm-up call before the worker takes jobs.
+    compile: bool = False
     sync_timeout: float = Field(default=DEFAULT_SYNC_TIMEOUT_S, ge=0, le=300)
-    #: Images per pipeline call for one batch key: 0 = by device and image size (see
-    #: sdapi.batching), 1 = no batching. Every call runs exactly this many (padded).
+    #: The most images compatible jobs share a pipeline call with: 0 = by device and image size
+    #: (see sdapi.batching), 1 = no sharing. A lone job always runs in a call of its own size.
     max_batch: int = Field(default=0, ge=0, le=64)
-    #: Seconds a worker waits for more compatible jobs to fill a batch it has room in.
+    #: Seconds a batch that found company (a burst is arriving) waits for more of it; a lone
+    #: job never waits.
     batch_wait: float = Field(default=0.05, ge=0, le=5)
     #: GiB of model weights a worker keeps loaded (least recently used evicted beyond it);
     #: 0 = 80% of the GPU's memory, or half the RAM on a CPU.

@@ -174,7 +174,7 @@ def test_expiry_by_age_and_by_keep_until(queue: JobQueue, clock: FakeClock) -> N
 
 def test_running_lists_the_jobs_being_generated(queue: JobQueue) -> None:
     a, b, queued = submit(queue), submit(queue), submit(queue)
-    queue.claim("w1", lease_s=LEASE, limit=2)
+    queue.claim("w1", lease_s=LEASE, images=2)
     assert [j.id for j in queue.running(limit=10)] == [a, b]
     assert [j.id for j in queue.running(limit=1)] == [a]
     assert queued not in [j.id for j in queue.running(limit=10)]
@@ -230,7 +230,7 @@ def test_a_released_lease_puts_its_jobs_back_without_counting_the_attempt(
     queue: JobQueue,
 ) -> None:
     kept, cancelled = submit(queue, webhook=HOOK), submit(queue, webhook=HOOK)
-    claimed = queue.claim("w1", lease_s=LEASE, limit=2)
+    claimed = queue.claim("w1", lease_s=LEASE, images=2)
     lease = claimed[0].lease_id or ""
     queue.cancel(cancelled)
     assert queue.release(lease) == [kept]

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
-from sdapi.jobs import JobStatus, Task
-from sdapi.queue.base import JobQueue, NewJob, WorkerInfo
+from sdapi.costs import OBSERVATIONS, PRIOR_CPU, Call, Cost, fit
+from sdapi.jobs import JobStatus, Pending
+from sdapi.queue.base import ANY_KEY, JobQueue, NewJob, WorkerInfo
 from tests.helpers import FakeClock, make_request
 
 LEASE = 30.0
+#: A wait that returns well before this was woken, not timed out.
+WAKE_TIMEOUT = 10.0
 
 
 def submit(queue: JobQueue, owner: str = "key_a", **changes: object) -> int:
@@ -44,9 +48,20 @@ def test_claim_many_gathers_only_compatible_jobs(queue: JobQueue) -> None:
     a = submit(queue)
     submit(queue, width=128)
     c = submit(queue, prompt="other prompt, same batch key", seed=7)
-    claimed = queue.claim("w1", lease_s=LEASE, limit=4)
+    claimed = queue.claim("w1", lease_s=LEASE, images=4)
     assert [j.id for j in claimed] == [a, c]
     assert len({j.lease_id for j in claimed}) == 1
+
+
+def test_a_claim_takes_whole_jobs_while_their_images_fit(queue: JobQueue) -> None:
+    big = submit(queue, samples=4)
+    two = submit(queue, samples=2)
+    submit(queue, samples=1)
+    # The first job is taken whatever its size; the next ones only while they fit, in order.
+    assert [j.id for j in queue.claim("w", lease_s=LEASE, images=2)] == [big]
+    assert [j.id for j in queue.claim("w", lease_s=LEASE, images=2)] == [two]
+    key = make_request().batch_key
+    assert queue.claim("w", lease_s=LEASE, images=0, batch_key=key) == []  # gathering: fits only
 
 
 def test_concurrent_claims_never_share_a_job(queue: JobQueue) -> None:
@@ -128,17 +143,28 @@ def test_job_fails_after_max_attempts(queue: JobQueue, clock: FakeClock) -> None
     assert "interrupted 3 times" in (job.error or "")
 
 
-def test_position_counts_queued_jobs_ahead_and_work_left(queue: JobQueue) -> None:
+def test_position_counts_queued_jobs_ahead_and_the_work_left(queue: JobQueue) -> None:
     a = submit(queue)
     b = submit(queue, samples=2)
     c = submit(queue)
-    assert queue.position(a) == (1, 0.0)
+    first = queue.position(a)
+    assert first is not None and (first.place, first.ahead) == (1, ())
     [running] = queue.claim("w", lease_s=LEASE)
     assert running.id == a
     assert queue.heartbeat(running.lease_id or "", lease_s=LEASE, progress=0.5) == 1
     unit = make_request().work_units
-    assert queue.position(b) == (1, pytest.approx(0.5 * unit))
-    assert queue.position(c) == (2, pytest.approx(0.5 * unit + 2 * unit))
+    key, model_key = make_request().batch_key, "sdapi-tiny|text2img"
+    line_b = queue.position(b)
+    assert line_b is not None and line_b.place == 1
+    assert line_b.ahead == (
+        Pending(key, model_key, "w", 1, 1, pytest.approx(unit), 2, running.started_at, 0.5),
+    )
+    line_c = queue.position(c)
+    assert line_c is not None and line_c.place == 2
+    assert sorted(line_c.ahead, key=lambda g: g.worker_id or "") == [
+        Pending(key, model_key, None, 1, 2, pytest.approx(2 * unit), 2),
+        Pending(key, model_key, "w", 1, 1, pytest.approx(unit), 2, running.started_at, 0.5),
+    ]
     assert queue.position(a) is None  # not queued any more
 
 
@@ -150,6 +176,8 @@ def test_stats_and_live_workers(queue: JobQueue, clock: FakeClock) -> None:
     stats = queue.stats()
     assert (stats.queued, stats.processing, stats.live_workers) == (1, 1, 1)
     assert stats.pending_work == pytest.approx(2 * make_request().work_units)
+    line = queue.position(2)
+    assert line is not None and line.workers == 1
     clock.advance(60)
     assert queue.stats().live_workers == 0
     queue.worker_seen("w", "ready")
@@ -158,15 +186,29 @@ def test_stats_and_live_workers(queue: JobQueue, clock: FakeClock) -> None:
     assert queue.stats().live_workers == 0
 
 
-def test_rates_are_learned_from_finished_jobs(queue: JobQueue) -> None:
-    key = "sdapi-tiny|text2img"
-    assert queue.rate(key) is None
-    job_id = submit(queue, steps=10)
-    [job] = queue.claim("w", lease_s=LEASE)
-    queue.complete(job_id, job.lease_id or "", generation_seconds=5.0)
-    units = make_request(steps=10).work_units
-    assert queue.rate(key) == pytest.approx(5.0 / units)
-    assert queue.rate(f"sdapi-tiny|{Task.IMG2IMG}") is None
+def test_costs_are_learned_from_the_calls_workers_record(queue: JobQueue) -> None:
+    key, model_key = make_request().batch_key, "sdapi-tiny|text2img"
+    assert queue.costs([key, model_key, ANY_KEY]) == {}
+    calls = [Call(units, 20, 0.2 + 0.03 * 20 + 0.4 * units) for units in (0.1, 0.5, 2.0)]
+    for call in calls:
+        queue.record_call(key, model_key, call, cap=4, prior=PRIOR_CPU)
+    learned = queue.costs([key, model_key, ANY_KEY, "never-seen"])
+    assert set(learned) == {key, model_key, ANY_KEY}
+    expected = fit(calls, PRIOR_CPU)
+    assert learned[model_key].cost == pytest.approx(expected)
+    assert learned[ANY_KEY].cost == pytest.approx(expected)
+    assert learned[key].cost is None and learned[key].scale == pytest.approx(1.0, rel=0.05)
+    assert (learned[key].cap, learned[model_key].cap) == (4, 1)
+
+
+def test_only_the_latest_calls_are_kept(queue: JobQueue) -> None:
+    key, model_key = make_request().batch_key, "sdapi-tiny|text2img"
+    for _ in range(OBSERVATIONS):
+        queue.record_call(key, model_key, Call(1.0, 20, 100.0), cap=1, prior=PRIOR_CPU)
+    for _ in range(OBSERVATIONS):  # the machine got 100x faster: the old calls are forgotten
+        queue.record_call(key, model_key, Call(1.0, 20, 1.0), cap=1, prior=PRIOR_CPU)
+    cost = queue.costs([model_key])[model_key].cost
+    assert isinstance(cost, Cost) and cost.seconds(1.0, 20) == pytest.approx(1.0, rel=0.01)
 
 
 def test_claim_only_takes_models_the_worker_serves(queue: JobQueue) -> None:
@@ -182,61 +224,34 @@ def test_claim_can_gather_one_batch_key(queue: JobQueue) -> None:
     first = submit(queue)
     second = submit(queue, prompt="same key", seed=9)
     key = make_request().batch_key
-    claimed = queue.claim("w", lease_s=LEASE, limit=5, batch_key=key)
+    claimed = queue.claim("w", lease_s=LEASE, images=5, batch_key=key)
     assert [j.id for j in claimed] == [first, second]
     assert queue.claim("w", lease_s=LEASE, batch_key=key) == []
     assert [j.id for j in queue.claim("w", lease_s=LEASE)] == [other]
 
 
-def test_a_batched_job_teaches_the_rate_its_share(queue: JobQueue) -> None:
+def test_success_records_the_size_of_the_call_that_made_the_images(queue: JobQueue) -> None:
     job_id = submit(queue, steps=10)
     [job] = queue.claim("w", lease_s=LEASE)
-    queue.complete(job_id, job.lease_id or "", generation_seconds=8.0, cost_seconds=2.0)
+    queue.complete(job_id, job.lease_id or "", generation_seconds=8.0, call_size=3)
     done = queue.get(job_id)
-    assert done is not None and done.generation_seconds == 8.0  # what the client is told
-    units = make_request(steps=10).work_units
-    assert queue.rate("sdapi-tiny|text2img") == pytest.approx(2.0 / units)
+    assert done is not None and (done.generation_seconds, done.call_size) == (8.0, 3)
 
 
-def test_rates_are_learned_per_batch_key_too(queue: JobQueue) -> None:
-    small = submit(queue, steps=10)
-    [job] = queue.claim("w", lease_s=LEASE)
-    queue.complete(small, job.lease_id or "", generation_seconds=5.0)
-    large = submit(queue, steps=10, width=128, height=128)
-    [job] = queue.claim("w", lease_s=LEASE)
-    queue.complete(large, job.lease_id or "", generation_seconds=40.0)
-    small_units = make_request(steps=10).work_units
-    large_units = make_request(steps=10, width=128, height=128).work_units
-    assert queue.rate(make_request(steps=10).batch_key) == pytest.approx(5.0 / small_units)
-    big_key = make_request(steps=10, width=128, height=128).batch_key
-    assert queue.rate(big_key) == pytest.approx(40.0 / large_units)
-    family = queue.rate("sdapi-tiny|text2img")
-    assert family is not None and 5.0 / small_units < family < 40.0 / large_units
-
-
-def test_the_call_shape_is_remembered_per_batch_key(queue: JobQueue) -> None:
-    key = make_request().batch_key
-    assert queue.call_rows(key) == 1
-    job_id = submit(queue)
-    [job] = queue.claim("w", lease_s=LEASE)
-    queue.complete(job_id, job.lease_id or "", generation_seconds=1.0, call_rows=4)
-    assert queue.call_rows(key) == 4
-    assert queue.call_rows("sdapi-tiny|text2img") == 1
-
-
-def test_stats_break_pending_work_down_by_key(queue: JobQueue) -> None:
+def test_stats_group_pending_work_by_key_and_worker(queue: JobQueue) -> None:
     submit(queue)
     submit(queue, samples=2)
     submit(queue, width=128)
     queue.claim("w", lease_s=LEASE)
-    by_key = queue.stats().pending_by_key
-    family = "sdapi-tiny|text2img"
-    assert by_key == {
-        (make_request().batch_key, family): pytest.approx(3 * make_request().work_units),
-        (make_request(width=128).batch_key, family): pytest.approx(
-            make_request(width=128).work_units
-        ),
-    }
+    model_key = "sdapi-tiny|text2img"
+    groups = sorted(queue.stats().pending, key=lambda g: (g.batch_key, g.worker_id or ""))
+    unit, wide = make_request().work_units, make_request(width=128).work_units
+    assert [(g.batch_key, g.rate_key, g.worker_id, g.jobs, g.images) for g in groups] == [
+        (make_request(width=128).batch_key, model_key, None, 1, 1),
+        (make_request().batch_key, model_key, None, 1, 2),
+        (make_request().batch_key, model_key, "w", 1, 1),
+    ]
+    assert [g.units for g in groups] == pytest.approx([wide, 2 * unit, unit])
 
 
 def test_a_cancelled_queued_job_never_runs(queue: JobQueue) -> None:
@@ -279,3 +294,37 @@ def test_a_cancelled_job_whose_worker_died_stays_cancelled(
     clock.advance(LEASE + 1)
     assert queue.claim("w2", lease_s=LEASE) == []
     assert queue.get(job_id).status is JobStatus.CANCELLED  # type: ignore[union-attr]
+
+
+def test_a_waiting_worker_wakes_as_soon_as_a_job_arrives(queue: JobQueue, twin: JobQueue) -> None:
+    queue.wait_for_work(0)  # listening from now on
+    waited: list[float] = []
+
+    def wait() -> None:
+        started = time.monotonic()
+        queue.wait_for_work(WAKE_TIMEOUT)
+        waited.append(time.monotonic() - started)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.2)
+    submit(twin)  # from another handle: another process's, for the SQL backends
+    thread.join()
+    assert waited[0] < WAKE_TIMEOUT / 2, "woken by the new job, not by the timeout"
+
+
+def test_changes_name_the_jobs_that_changed(queue: JobQueue, twin: JobQueue) -> None:
+    queue.wait_for_changes(0)  # listening from now on
+    job_id = submit(twin)
+    [job] = twin.claim("w", lease_s=LEASE)
+    twin.complete(job_id, job.lease_id or "", generation_seconds=1.0)
+    deadline = time.monotonic() + WAKE_TIMEOUT
+    seen: set[int] = set()
+    while job_id not in seen and time.monotonic() < deadline:
+        changed = queue.wait_for_changes(WAKE_TIMEOUT)
+        if changed is None:  # a backend that cannot say which: anything may have changed
+            break
+        seen |= changed
+    else:
+        assert job_id in seen
+    assert queue.wait_for_changes(0.05) in (frozenset(), None)  # nothing new since

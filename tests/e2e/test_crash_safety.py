@@ -79,21 +79,27 @@ def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Deployment:
     return Deployment(request.getfixturevalue("postgres_url"), s3_args, list_outputs)
 
 
-def kill_a_worker_mid_generation(url: str, workers: list[WorkerProcess]) -> tuple[int, float]:
-    """SIGKILL the live worker of a job whose denoising has begun; returns (job id, kill time)."""
+def kill_a_worker_mid_generation(url: str, workers: list[WorkerProcess]) -> tuple[list[int], float]:
+    """SIGKILL the live worker of a batch whose denoising has begun; returns (the ids of its
+    batch's jobs, kill time)."""
     by_pid = {w.pid: w for w in workers if w.alive()}
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         rows = query(
             url,
-            "SELECT j.id, w.pid FROM jobs j JOIN workers w ON w.id = j.worker_id"
+            "SELECT w.id, w.pid FROM jobs j JOIN workers w ON w.id = j.worker_id"
             " WHERE j.status = 'processing' AND j.progress > 0 AND j.progress < 0.8",
         )
-        for job_id, pid in rows:
+        for worker_id, pid in rows:
             if pid in by_pid:
                 os.kill(pid, signal.SIGKILL)
                 by_pid[pid].proc.wait()  # type: ignore[union-attr]
-                return job_id, time.time()
+                held = query(
+                    url,
+                    "SELECT id FROM jobs WHERE worker_id = ? AND status = 'processing'",
+                    worker_id,
+                )
+                return [job_id for (job_id,) in held], time.time()
         time.sleep(0.05)
     raise AssertionError("no job was seen mid-generation")
 
@@ -157,15 +163,17 @@ def test_workers_killed_mid_generation_lose_nothing(
     # Exactly the promised files exist: none missing, none orphaned, no temporary leftovers.
     promised = {Path(link).name for a in answers for link in a["output"]}
     assert deployment.list_outputs() == promised
-    # The killed jobs ran twice, the others once; survivors took them over after the lease.
+    # The killed batches' jobs ran twice, the others once; survivors took them over after the
+    # lease.
     attempts = dict(query(url, "SELECT id, attempts FROM jobs"))
-    for job_id, killed_at in kills:
-        assert attempts[job_id] == 2
-        restarted = query(url, "SELECT started_at FROM jobs WHERE id = ?", job_id)[0][0]
-        pickup = restarted - killed_at
-        print(f"job {job_id}: taken over {pickup:.1f} s after its worker was killed")
-        assert LEASE_S * 0.5 <= pickup < LEASE_S + 30, logs
-    assert sum(attempts.values()) == JOBS + KILLS
+    for batch, killed_at in kills:
+        for job_id in batch:
+            assert attempts[job_id] == 2
+            restarted = query(url, "SELECT started_at FROM jobs WHERE id = ?", job_id)[0][0]
+            pickup = restarted - killed_at
+            print(f"job {job_id}: taken over {pickup:.1f} s after its worker was killed")
+            assert LEASE_S * 0.5 <= pickup < LEASE_S + 30, logs
+    assert sum(attempts.values()) == JOBS + sum(len(batch) for batch, _ in kills)
 
 
 def test_api_killed_with_queued_jobs_loses_nothing(

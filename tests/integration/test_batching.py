@@ -1,6 +1,10 @@
-"""Fixed-shape batches: an image is byte-identical whether its job ran alone or batched."""
+"""What an image's bytes depend on: its request, its seed and the size of the call it was
+computed in, never on the other images of the call or its place among them. So a job batched
+in a call of N is reproduced bit for bit by the same request run alone with `call_size` N."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 
@@ -13,8 +17,26 @@ pytestmark = pytest.mark.engine
 ROWS = 4
 
 
-def alone(engine: Engine, req, images=None, rows: int = ROWS):  # type: ignore[no-untyped-def]
+def alone(engine: Engine, req, images=None, rows: int | None = ROWS):  # type: ignore[no-untyped-def]
+    """The request's images alone: in calls padded to `rows`, or in a call of its own size."""
     return [png(i) for i in engine.generate_batch([req], [images or {}], rows)[0]]
+
+
+def test_a_job_batched_without_padding_is_reproduced_by_its_call_size(engine: Engine) -> None:
+    a = request(prompt="a lighthouse", seed=1, samples=2)
+    b = request(prompt="a dog", seed=2)
+    c = request(prompt="a storm at sea", seed=3)
+    batched = engine.generate_batch([b, a, c], [{}, {}, {}])  # one call of 4, as a worker runs
+    assert [len(x) for x in batched] == [1, 2, 1]
+    # meta says call_size 4: asking for it runs the job alone, padded to 4, to the same bytes.
+    assert [png(i) for i in batched[1]] == alone(engine, replace(a, call_size=ROWS))
+    assert [png(i) for i in batched[0]] == alone(engine, b, rows=ROWS)
+
+
+def test_a_lone_job_gives_the_same_bytes_every_time(engine: Engine) -> None:
+    a = request(prompt="a lighthouse", seed=5, samples=2)
+    assert alone(engine, a, rows=None) == alone(engine, a, rows=None)
+    assert alone(engine, a, rows=None) == alone(engine, replace(a, call_size=2), rows=2)
 
 
 def test_text2img_alone_equals_batched_in_any_position(engine: Engine) -> None:

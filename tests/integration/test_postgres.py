@@ -88,7 +88,8 @@ def test_migrations_apply_once_and_are_recorded(postgres_url: str) -> None:
         }
     assert names == MIGRATIONS
     assert tables == {
-        "schema_migrations", "api_keys", "jobs", "workers", "rates", "webhook_events", "metrics"
+        "schema_migrations", "api_keys", "jobs", "workers", "timings", "costs", "webhook_events",
+        "metrics",
     }  # fmt: skip
 
 
@@ -257,7 +258,7 @@ def test_claimers_on_separate_machines_take_each_job_exactly_once(
 
     def claimer(name: str, queue: PostgresQueue) -> None:
         barrier.wait()
-        while jobs := queue.claim(name, lease_s=LEASE, limit=3):
+        while jobs := queue.claim(name, lease_s=LEASE, images=3):
             with lock:
                 batches.append((name, jobs))
 

@@ -165,7 +165,7 @@ def test_progress_events_are_throttled_signed_and_only_for_jobs_that_asked(
                echo={"webhook_progress": True})
     )  # fmt: skip
     queue.enqueue(NewJob("k", make_request(), ("generations/b-0.png",), webhook=HOOK))
-    [job, _] = queue.claim("w", lease_s=30, limit=2)
+    [job, _] = queue.claim("w", lease_s=30, images=2)
     notifier = ProgressNotifier(queue, secret, (), clock=clock, send=send)
 
     def step_at(progress: float) -> None:

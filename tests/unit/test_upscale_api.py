@@ -164,7 +164,7 @@ def test_the_request_keeps_its_scale_and_prices_the_x4_image() -> None:
     assert make_request().batch_key == replace(make_request(), scale=None).batch_key
     assert "scale" not in make_request().batch_key  # other jobs keep their keys and rates
     worker = Worker.for_engine(MemoryQueue(), MemoryStore(), FakeEngine(), lease_s=30, max_batch=4)
-    assert worker.rows_for(upscale) == 1 and worker.rows_for(make_request()) == 4
+    assert worker.cap(upscale) == 1 and worker.cap(make_request()) == 4
 
 
 def test_workers_serve_the_upscaler_beside_their_models() -> None:

@@ -158,9 +158,22 @@ def test_a_burst_arriving_during_the_wait_joins_the_batch(
 ) -> None:
     queue, store, engine = MemoryQueue(), MemoryStore(), FakeEngine()
     enqueue(queue, seed=1)
-    monkeypatch.setattr(runner.time, "sleep", lambda s: enqueue(queue, seed=2))
+    enqueue(queue, seed=2)  # company: a burst is arriving, so the batch waits for more of it
+    monkeypatch.setattr(runner.time, "sleep", lambda s: enqueue(queue, seed=3))
     Worker.for_engine(queue, store, engine, lease_s=30, batch_wait=0.05).run_once()
-    assert [[r.seed for r in call] for call in engine.calls] == [[1, 2]]
+    assert [[r.seed for r in call] for call in engine.calls] == [[1, 2, 3]]
+
+
+def test_a_lone_job_never_waits_for_company(monkeypatch: pytest.MonkeyPatch) -> None:
+    queue, store, engine = MemoryQueue(), MemoryStore(), FakeEngine()
+    enqueue(queue, seed=1)
+
+    def no_sleep(seconds: float) -> None:
+        raise AssertionError("a lone job waited for company")
+
+    monkeypatch.setattr(runner.time, "sleep", no_sleep)
+    Worker.for_engine(queue, store, engine, lease_s=30, batch_wait=0.05).run_once()
+    assert [[r.seed for r in call] for call in engine.calls] == [[1]]
 
 
 class OneLeaseLostQueue(MemoryQueue):
@@ -194,15 +207,41 @@ class SlowSteps(FakeEngine):
         return super().generate_batch(requests, images, rows, wrapped)
 
 
-def test_a_job_alone_in_a_padded_call_is_charged_its_own_rows() -> None:
-    queue, store = MemoryQueue(), MemoryStore()
-    job_id = enqueue(queue, seed=1)  # 64 px on a CPU: calls of 4 rows, 3 of them padding
-    Worker.for_engine(queue, store, FakeEngine(), lease_s=30).run_once()
+def test_a_lone_job_runs_in_a_call_of_its_own_size_and_teaches_its_cost() -> None:
+    queue, store, engine = MemoryQueue(), MemoryStore(), FakeEngine()
+    job_id = enqueue(queue, seed=1, samples=3)  # 64 px on a CPU: calls of up to 8 images
+    Worker.for_engine(queue, store, engine, lease_s=30).run_once()
+    assert engine.rows == [None], "no padding: the call makes the job's 3 images, no more"
     job = queue.get(job_id)
-    assert job is not None and job.generation_seconds is not None
-    units = job.request.work_units
-    rate = queue.rate(job.request.batch_key)
-    assert rate == pytest.approx(job.generation_seconds / 4 / units)
+    assert job is not None and job.call_size == 3
+    learned = queue.costs([job.request.batch_key, "sdapi-tiny|text2img"])
+    assert learned[job.request.batch_key].cap == 8
+    assert learned["sdapi-tiny|text2img"].cost is not None
+
+
+def test_batched_jobs_report_the_size_of_their_shared_call() -> None:
+    queue, store = MemoryQueue(), MemoryStore()
+    ids = [enqueue(queue, seed=s, samples=2) for s in (1, 2)]
+    Worker.for_engine(queue, store, FakeEngine(), lease_s=30).run_once()
+    assert [queue.get(i).call_size for i in ids] == [4, 4]  # type: ignore[union-attr]
+
+
+def test_a_job_asking_for_a_call_size_runs_padded_to_it() -> None:
+    queue, store, engine = MemoryQueue(), MemoryStore(), FakeEngine()
+    job_id = enqueue(queue, seed=1, call_size=4)
+    Worker.for_engine(queue, store, engine, lease_s=30).run_once()
+    assert engine.rows == [4]
+    assert queue.get(job_id).call_size == 4  # type: ignore[union-attr]
+
+
+def test_a_call_holds_whole_jobs_up_to_the_cap() -> None:
+    queue, store, engine = MemoryQueue(), MemoryStore(), FakeEngine()
+    for seed in (1, 2, 3):
+        enqueue(queue, seed=seed * 10, samples=3)  # 9 images; the cap is 8 at 64 px
+    worker = Worker.for_engine(queue, store, engine, lease_s=30)
+    while worker.run_once():
+        pass
+    assert [[r.samples for r in call] for call in engine.calls] == [[3, 3], [3]]
 
 
 def test_progress_reaches_the_queue_while_a_job_runs() -> None:

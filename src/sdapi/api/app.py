@@ -15,6 +15,7 @@ from sdapi.api.observability import HttpTiming
 from sdapi.api.state import AppState
 from sdapi.api.submissions import Submissions
 from sdapi.api.v3 import routes as v3
+from sdapi.api.watch import JobWatch
 from sdapi.backends import Backends, open_backends
 from sdapi.limits import FailureThrottle
 from sdapi.metrics import LocalMetrics
@@ -43,10 +44,12 @@ def create_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         opened = backends or open_backends(settings)
         policy = UrlPolicy.from_entries(settings.allow_hosts)
+        watch = JobWatch(opened.queue, app.state.draining)
+        watch.start()
         app.state.sdapi = AppState(
             settings,
             opened,
-            Submissions(settings, opened, policy, app.state.draining),
+            Submissions(settings, opened, policy, app.state.draining, watch),
             throttle=FailureThrottle(settings.max_key_failures),
             registry=Registry.load(settings.models_path),
         )
@@ -55,6 +58,7 @@ def create_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
             yield
         finally:
             stop_housekeeping()
+            watch.stop()
             if backends is None:
                 opened.close()
 

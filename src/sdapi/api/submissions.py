@@ -7,6 +7,7 @@ not decode) happens before the job is written, so a bad request leaves nothing b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import threading
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterable
 
 from sdapi.api.prompts import PromptWriter, Rewritten
 from sdapi.api.v3.protocol import GenerationParams, UpscaleParams, check_upscale_input
+from sdapi.api.watch import SAFETY_POLL_S, JobWatch
 from sdapi.auth.keys import ApiKey
 from sdapi.backends import Backends
 from sdapi.errors import RateLimited, ServerBusy, UnsafeUrl, ValidationFailed
@@ -31,9 +33,6 @@ log = logging.getLogger(__name__)
 
 #: Seeds picked for the client stay in the 32-bit range the real API shows.
 RANDOM_SEED_RANGE = 2**32
-#: Polling the queue while a generation call waits: start fast, then back off.
-FIRST_POLL_S = 0.02
-MAX_POLL_S = 0.25
 #: Retry-after for a full queue: the 2026 wire's 30 s, or sooner when a job ends sooner.
 QUEUE_RETRY_S = 30.0
 
@@ -55,12 +54,15 @@ class Submissions:
         backends: Backends,
         policy: UrlPolicy,
         draining: threading.Event | None = None,
+        watch: JobWatch | None = None,
     ) -> None:
         self.settings = settings
         self.backends = backends
         self.policy = policy
         #: Set when the server shuts down: no new jobs, and no more waiting for running ones.
         self.draining = draining or threading.Event()
+        #: Wakes `wait` when its job changes (started by the app; without one, `wait` polls).
+        self.watch = watch or JobWatch(backends.queue, self.draining)
         self.prompts = PromptWriter(settings.translator, settings.models_dir)
 
     def create(self, owner: ApiKey, task: Task, params: GenerationParams, base_url: str) -> Job:
@@ -192,6 +194,7 @@ class Submissions:
             safety_checker=params.safety_checker,
             safety_checker_type=params.safety_checker_type,
             clip_skip=params.clip_skip,
+            call_size=params.call_size,
             strength=params.strength if task is not Task.TEXT2IMG else None,
             init_image=stored.get("init_image"),
             mask_image=stored.get("mask_image"),
@@ -260,16 +263,21 @@ class Submissions:
         return now + min(limits) if limits else None
 
     async def wait(self, job: Job, timeout: float) -> Job:
-        """The job once it has ended, or as it stands when `timeout` seconds have passed."""
+        """The job once it has ended, or as it stands when `timeout` seconds have passed; woken
+        by the queue when the job changes (sdapi.api.watch)."""
+        if job.status.is_terminal or timeout <= 0:
+            return job
         deadline = time.monotonic() + timeout
-        delay = FIRST_POLL_S
-        while not job.status.is_terminal and time.monotonic() < deadline:
-            if self.draining.is_set():  # shutting down: the job is durable, answer processing
-                break
-            await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0)))
-            delay = min(delay * 1.5, MAX_POLL_S)
-            job = await asyncio.to_thread(self.backends.queue.get, job.id) or job
-        return job
+        with self.watch.waiting(job.id) as changed:
+            while True:
+                job = await asyncio.to_thread(self.backends.queue.get, job.id) or job
+                left = deadline - time.monotonic()
+                # Shutting down: the job is durable, answer processing.
+                if job.status.is_terminal or left <= 0 or self.draining.is_set():
+                    return job
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), min(left, SAFETY_POLL_S))
+                changed.clear()
 
 
 def _seed(params: GenerationParams | UpscaleParams) -> int:

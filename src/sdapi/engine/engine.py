@@ -30,9 +30,9 @@ from PIL import Image
 
 from sdapi.batching import Row, plan_calls
 from sdapi.engine import clip_skip as clip_skips
-from sdapi.engine import passes, variants
+from sdapi.engine import passes, speed, variants
 from sdapi.engine.adapter_loader import Adapters
-from sdapi.engine.families import SD, Family, check_size, family_of
+from sdapi.engine.families import SD, SD3, Family, check_size, family_of
 from sdapi.engine.models import load_pipeline
 from sdapi.engine.safety import (
     SafetyChecker,
@@ -51,6 +51,10 @@ if TYPE_CHECKING:
 
 #: on_step(step_done, total_steps) -> False to cancel.
 StepCallback = Callable[[int, int], bool]
+#: The warm-up call at load: one image this many pixels a side (twice for SD3's patches), so
+#: small it costs little on any device, and two steps (second-order schedulers need two).
+WARM_UP_SIZE = 64
+WARM_UP_STEPS = 2
 
 
 class GenerationCancelled(Exception):
@@ -96,12 +100,15 @@ class Engine:
         device: str = "cpu",
         threads: int | None = None,
         safety_checker: str | None = None,
+        compile: bool = False,
     ) -> None:
         #: The model reference as given (repo id, folder or `sdapi-tiny`).
         self.model = model
         self.models_dir = Path(models_dir)
         self.device = device
         self.threads = threads
+        #: torch.compile the denoiser at load (sdapi.engine.speed), paid by the warm-up.
+        self.compile = compile
         #: Which safety checker (sdapi.engine.safety.checker_source); None: the environment's
         #: SDAPI_SAFETY_CHECKER, then the models folder's, then the built-in for tiny models.
         self.safety_checker = safety_checker
@@ -128,11 +135,28 @@ class Engine:
                 # Process-wide; it also fixes the float rounding, so outputs stay reproducible.
                 torch.set_num_threads(self.threads)
             pipe = load_pipeline(self.model, self.models_dir, self.device)
+            speed.tune(pipe, self.device)
+            if self.compile:
+                speed.compile_denoiser(pipe)
             # Kept before any request swaps the scheduler: every call starts from this.
             self._scheduler_config = dict(pipe.scheduler.config)
             self._default_scheduler = type(pipe.scheduler)
             self.family = family_of(pipe)
+            self._warm_up(pipe)
             self._pipes[Task.TEXT2IMG] = pipe
+
+    def _warm_up(self, pipe: DiffusionPipeline) -> None:
+        """One small call before the first job: a pipeline's first call pays one-time costs
+        (lazy set-up, allocations, and with --compile the compilation itself), which the first
+        user would otherwise wait for."""
+        size = WARM_UP_SIZE * (2 if self.family == SD3 else 1)
+        pipe(
+            prompt="warm-up",
+            num_inference_steps=WARM_UP_STEPS,
+            width=size,
+            height=size,
+            output_type="pil",
+        )
 
     def memory_bytes(self) -> int:
         """Bytes of the loaded weights (img2img and inpaint share them: counted once)."""
@@ -155,20 +179,20 @@ class Engine:
         on_step: StepCallback | None = None,
     ) -> list[Image.Image]:
         """`request.samples` RGB images in one call; `images` holds "init" and "mask"."""
-        return self.generate_batch([request], [images or {}], request.samples, on_step)[0]
+        return self.generate_batch([request], [images or {}], None, on_step)[0]
 
     def generate_batch(
         self,
         requests: Sequence[GenerationRequest],
         images: Sequence[Mapping[str, Image.Image]],
-        rows: int,
+        rows: int | None = None,
         on_step: StepCallback | None = None,
     ) -> list[list[Image.Image]]:
-        """The images of compatible requests (one batch key), in calls of exactly `rows` images.
+        """The images of compatible requests (one batch key): one pipeline call of them all,
+        or, with `rows`, calls of exactly `rows` images, padded with copies (sdapi.batching).
 
-        `images[i]` holds request i's "init" (img2img, inpaint) and "mask" images. Each call is
-        padded to `rows` so an image is the same whatever shares its call (sdapi.batching).
-        Loads the model first if need be (ConfigurationError when it cannot). Raises
+        `images[i]` holds request i's "init" (img2img, inpaint) and "mask" images. Loads the
+        model first if need be (ConfigurationError when it cannot). Raises
         GenerationCancelled when `on_step` returns False, ValueError for requests this model
         cannot run (a scheduler or option its family does not take, a size it cannot make, a
         missing input image, a task the model lacks, a LoRA or embedding that is missing or
@@ -184,14 +208,14 @@ class Engine:
         on_step: StepCallback | None = None,
     ) -> tuple[list[Image.Image], list[bool]]:
         """`generate`, with the safety checker's verdict per image (see `CheckedBatch.nsfw`)."""
-        result = self.generate_batch_checked([request], [images or {}], request.samples, on_step)
+        result = self.generate_batch_checked([request], [images or {}], None, on_step)
         return result.images[0], result.nsfw[0]
 
     def generate_batch_checked(
         self,
         requests: Sequence[GenerationRequest],
         images: Sequence[Mapping[str, Image.Image]],
-        rows: int,
+        rows: int | None = None,
         on_step: StepCallback | None = None,
     ) -> CheckedBatch:
         """`generate_batch`, with the safety checker's verdict per image.
@@ -200,18 +224,15 @@ class Engine:
         so); each request has its own safety checker settings.
         """
         first = requests[0]
-        calls = plan_calls(requests, rows)
-        outputs: list[list[Image.Image]] = [[] for _ in requests]
         with self._lock:
             self.load()
             checker = self._checker(requests)  # a missing checker fails before any work
             pipe = self._prepare(first)
-            for number, call in enumerate(calls):
-                progress = None if on_step is None else _overall(on_step, number, len(calls))
-                padded = call + [call[0]] * (rows - len(call))
-                call_images = self._run_call(pipe, requests, images, padded, progress)
-                for row, image in zip(call, call_images, strict=False):  # drops the padding
-                    outputs[row.job].append(image)
+
+            def run(rows: Sequence[Row], progress: StepCallback | None) -> list[Image.Image]:
+                return self._run_call(pipe, requests, images, rows, progress)
+
+            outputs = run_calls(requests, rows, on_step, run)
             nsfw = _check_safety(checker, requests, outputs)
         return CheckedBatch(outputs, nsfw)
 
@@ -276,6 +297,7 @@ class Engine:
             merged_tokens(pipe, request.tomesd),
             clip_skips.final_norm_shim(pipe, "clip_skip" in inputs),
         ):
+            speed.tiles_for(pipe, self.device, inputs.get("width", 0), inputs.get("height", 0))
             result = pipe(**inputs)
         return [image.convert("RGB") for image in result.images]
 
@@ -450,6 +472,24 @@ def _call_inputs(
             for row in rows
         ]
     return inputs
+
+
+def run_calls(
+    requests: Sequence[GenerationRequest],
+    rows: int | None,
+    on_step: StepCallback | None,
+    run: Callable[[Sequence[Row], StepCallback | None], list[Image.Image]],
+) -> list[list[Image.Image]]:
+    """Each request's images, made by `run` in the calls `plan_calls` plans: every call padded
+    to exactly `rows` images when given, progress reported over all the calls."""
+    calls = plan_calls(requests, rows)
+    outputs: list[list[Image.Image]] = [[] for _ in requests]
+    for number, call in enumerate(calls):
+        progress = None if on_step is None else _overall(on_step, number, len(calls))
+        padded = [*call, *[call[0]] * ((rows or len(call)) - len(call))]
+        for row, image in zip(call, run(padded, progress), strict=False):  # drops the padding
+            outputs[row.job].append(image)
+    return outputs
 
 
 def _overall(on_step: StepCallback, number: int, calls: int) -> StepCallback:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from sdapi.engine import checkpoints
 from sdapi.engine.families import Family, family_of_folder
+from sdapi.engine.speed import dtype_for
 from sdapi.engine.tiny import BUILTIN_MODELS, MODEL_INDEX, build_tiny_model
 from sdapi.errors import ConfigurationError
 from sdapi.registry import ModelEntry, Registry, default_models_file
@@ -184,10 +185,8 @@ def load_pipeline(
     entry = _registry(registry, models_dir).resolve(ref)
     source = resolve_model_source(entry.source, models_dir, Registry())
     quiet_libraries()
-    import torch
-
     # Half precision halves GPU memory and time; CPUs have no fast fp16 kernels.
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    dtype = dtype_for(device, model_family(ref, models_dir, registry))
     try:
         if Path(source).is_file():  # checked: a .safetensors file
             pipe = _load_checkpoint(entry, Path(source), models_dir, dtype)

@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from sdapi.batching import Row, plan_calls
+from sdapi.batching import Row
 from sdapi.engine.engine import (
     CheckedBatch,
     GenerationCancelled,
     StepCallback,
     release_device_memory,
+    run_calls,
     weights_bytes,
 )
 from sdapi.engine.models import quiet_libraries
@@ -133,27 +134,25 @@ class UpscaleEngine:
         self,
         requests: Sequence[GenerationRequest],
         images: Sequence[Mapping[str, Image.Image]],
-        rows: int,
+        rows: int | None = None,
         on_step: StepCallback | None = None,
     ) -> CheckedBatch:
-        """Each request's upscaled image, in calls of exactly `rows` images (padded, as Engine
-        does). `images[i]["init"]` is request i's input. Nothing is safety-checked."""
+        """Each request's upscaled image, in one call or in calls of exactly `rows` images
+        (padded), as Engine does. `images[i]["init"]` is request i's input. Nothing is
+        safety-checked."""
         _check(requests, images)
-        calls = plan_calls(requests, rows)
-        outputs: list[list[Image.Image]] = [[] for _ in requests]
         with self._lock:
             self.load()
-            for number, call in enumerate(calls):
-                progress = None if on_step is None else _overall(on_step, number, len(calls))
-                padded = call + [call[0]] * (rows - len(call))
-                made = self._run_call(requests, images, padded, progress)
-                for row, image in zip(call, made, strict=False):  # drops the padding
-                    outputs[row.job].append(image)
+
+            def run(rows: Sequence[Row], progress: StepCallback | None) -> list[Image.Image]:
+                return self._run_call(requests, images, rows, progress)
+
+            outputs = run_calls(requests, rows, on_step, run)
         return CheckedBatch(outputs, [[False] * len(made) for made in outputs])
 
     def upscale(self, request: GenerationRequest, image: Image.Image) -> Image.Image:
         """One request's image, alone in its call."""
-        return self.generate_batch_checked([request], [{"init": image}], 1).images[0][0]
+        return self.generate_batch_checked([request], [{"init": image}]).images[0][0]
 
     def _run_call(
         self,
@@ -205,13 +204,6 @@ def _exact(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """The x4 image at the size asked: Lanczos down for scales 2 and 3 (and the few pixels an
     input whose sides are not multiples of 4 loses); a 4x image of the right size as it is."""
     return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
-
-
-def _overall(on_step: StepCallback, number: int, calls: int) -> StepCallback:
-    def report(done: int, total: int) -> bool:
-        return on_step(number * total + done, calls * total)
-
-    return report
 
 
 def _step_callback(on_step: StepCallback, steps: int) -> Callable[[int, Any, Any], None]:

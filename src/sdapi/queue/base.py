@@ -11,11 +11,12 @@ Guarantees every backend gives (tests/contract/test_queue.py checks them on each
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from sdapi.jobs import GenerationRequest, Job, QueueStats, Task
+from sdapi.costs import OBSERVATIONS, Call, Cost, fit, scale
+from sdapi.jobs import GenerationRequest, Job, Pending, QueueStats, Task
 from sdapi.metrics import Sample
 
 Clock = Callable[[], float]
@@ -98,8 +99,94 @@ class WorkerInfo:
 
 
 def rate_key(model: str, task: Task) -> str:
-    """Speed is learned per model and task; size, steps and samples are in the work units."""
+    """Costs are learned per model and task; size, steps and samples are their variables."""
     return f"{model}|{task}"
+
+
+#: The key every call is learned under too: the deployment's cost, for a model never run yet.
+ANY_KEY = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Learned:
+    """What the queue has learned of one key's calls.
+
+    A model+task key (and ANY_KEY) holds a fitted `cost`; a batch key holds only `scale`, its
+    calls' times against its model's cost, and `cap`, the most images the workers' calls for it
+    make.
+    """
+
+    cost: Cost | None = None
+    scale: float = 1.0
+    cap: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """Where a queued job stands: its place (1 = next), the live work ahead of it (running
+    batches included), and the live workers that share it."""
+
+    place: int
+    ahead: tuple[Pending, ...]
+    workers: int
+
+
+def relearn(
+    history: Callable[[str], Sequence[Call]], batch_key: str, model_key: str, prior: Cost
+) -> dict[str, tuple[Cost | None, float]]:
+    """The (cost, scale) to store for each key a call was recorded under, from each key's
+    latest calls (`history`, oldest first): fitted costs for the model+task key and ANY_KEY,
+    and the batch key's factor against its model's new cost."""
+    model_cost = fit(history(model_key)[-OBSERVATIONS:], prior)
+    return {
+        ANY_KEY: (fit(history(ANY_KEY)[-OBSERVATIONS:], prior), 1.0),
+        model_key: (model_cost, 1.0),
+        batch_key: (None, scale(history(batch_key), model_cost)),
+    }
+
+
+def group_pending(jobs: Iterable[Job]) -> tuple[Pending, ...]:
+    """Live jobs grouped as the SQL backends group them: queued ones by batch key, running ones
+    by batch key and worker."""
+    groups: dict[tuple[str, str | None], list[Job]] = {}
+    for job in jobs:
+        groups.setdefault((job.request.batch_key, job.worker_id), []).append(job)
+    return tuple(
+        Pending(
+            batch_key=key,
+            rate_key=rate_key(members[0].request.model, members[0].request.task),
+            worker_id=worker_id,
+            jobs=len(members),
+            images=sum(job.request.samples for job in members),
+            units=sum(job.request.work_units for job in members),
+            steps=members[0].request.call_steps,
+            started_at=min((job.started_at or 0.0 for job in members), default=None)
+            if worker_id is not None
+            else None,
+            progress=min(job.progress for job in members),
+        )
+        for (key, worker_id), members in groups.items()
+    )
+
+
+def pick_batch(rows: Sequence[tuple[int, str, int]], images: int, gathering: bool) -> list[int]:
+    """Ids of (id, batch_key, images) rows, in line order, to claim as one batch: the first
+    row's key, whole jobs while their images fit in `images`. A claim takes its first job
+    whatever its size; a worker gathering more for a batch in hand (`gathering`) only what fits.
+    """
+    if not rows:
+        return []
+    key = rows[0][1]
+    picked: list[int] = []
+    room = images
+    for job_id, batch_key, count in rows:
+        if batch_key != key:
+            continue
+        if count > room and (picked or gathering):
+            break  # no overtaking within a key: the line's order holds
+        picked.append(job_id)
+        room -= count
+    return picked
 
 
 class JobQueue(Protocol):
@@ -120,14 +207,16 @@ class JobQueue(Protocol):
         worker_id: str,
         *,
         lease_s: float,
-        limit: int = 1,
+        images: int = 1,
         models: Sequence[str] | None = None,
         batch_key: str | None = None,
     ) -> list[Job]:
-        """Atomically lease up to `limit` queued jobs that share the oldest job's batch key.
+        """Atomically lease the oldest queued job and the next ones with its batch key, whole
+        jobs while their images (samples) fit in `images` (see `pick_batch`).
 
         Only jobs for `models` are considered (None: any model), and only jobs with
-        `batch_key` when given (a worker gathering more work for a batch it started).
+        `batch_key` when given (a worker gathering more work for a batch it started, which
+        takes only jobs that fit).
 
         First returns expired leases to the queue (or fails them after `max_attempts`), and
         fails queued jobs whose deadline passed.
@@ -144,17 +233,25 @@ class JobQueue(Protocol):
         lease_id: str,
         *,
         generation_seconds: float,
-        cost_seconds: float | None = None,
-        call_rows: int = 1,
+        call_size: int | None = None,
         nsfw: bool = False,
     ) -> bool:
-        """Mark success if `lease_id` still holds the job; learns the generation rate.
-        `nsfw`: the safety checker replaced at least one of its images.
+        """Mark success if `lease_id` still holds the job. `call_size`: how many images the
+        pipeline call that made its images computed; `nsfw`: the safety checker replaced at
+        least one of its images."""
+        ...
 
-        `generation_seconds` is the wall time the client sees; `cost_seconds`, when the job
-        shared a batch, is its share of the worker's time, which is what the rate learns from;
-        `call_rows` is how many images the worker's calls for its batch key run.
-        """
+    def record_call(
+        self, batch_key: str, model_key: str, call: Call, *, cap: int, prior: Cost
+    ) -> None:
+        """Learn from one call a worker made (see sdapi.costs): kept under its batch key, its
+        model+task key and ANY_KEY (the latest OBSERVATIONS each), the costs fitted again
+        (`relearn`, towards `prior` where the calls cannot tell), and `cap` kept as the most
+        images a call of the batch key makes."""
+        ...
+
+    def costs(self, keys: Sequence[str]) -> dict[str, Learned]:
+        """What was learned of these keys (those never recorded are left out)."""
         ...
 
     def fail(self, job_id: int, lease_id: str, *, error: str) -> bool:
@@ -187,28 +284,25 @@ class JobQueue(Protocol):
         """Jobs being generated now, oldest first (at most `limit`)."""
         ...
 
-    def position(self, job_id: int) -> tuple[int, float] | None:
-        """For a queued job: (1-based place in line, work units ahead of it incl. running)."""
+    def position(self, job_id: int) -> Line | None:
+        """For a queued job: its place and the live work ahead of it; None otherwise."""
         ...
 
     def stats(self) -> QueueStats: ...
 
-    def rate(self, key: str) -> float | None:
-        """Measured seconds per work unit for a batch key or a `rate_key(model, task)`.
-
-        Both are learned from every finished job; None before a job of the kind finished.
-        """
-        ...
-
-    def call_rows(self, batch_key: str) -> int:
-        """Images per pipeline call the workers run for a batch key (1 before any finished)."""
-        ...
-
     def wait_for_work(self, timeout: float) -> None:
         """Block until work may have arrived (a job enqueued or released) or `timeout` passed.
 
-        Backends that can be told (PostgreSQL's NOTIFY) wake at once; others simply sleep.
+        Every backend is woken at once (PostgreSQL's NOTIFY, SQLite's doorbell between the
+        processes sharing the file, a condition in memory); the timeout is a safety net.
         """
+        ...
+
+    def wait_for_changes(self, timeout: float) -> frozenset[int] | None:
+        """Block until jobs changed (claimed, ended, cancelled, put back) or `timeout` passed:
+        the ids that changed since the last call (empty when none did), or None when the
+        backend cannot tell which (every job may have). One caller per queue object, which
+        wakes the others (sdapi.api.watch)."""
         ...
 
     def claim_webhooks(self, *, limit: int, lease_s: float) -> list[WebhookEvent]:
@@ -257,16 +351,6 @@ class JobQueue(Protocol):
 
 #: A worker that has not been seen for this long is not counted as live.
 WORKER_STALE_S = 30.0
-#: Weight of the newest measurement in the learned rate (exponential moving average).
-RATE_ALPHA = 0.3
-
-
-def learned_seconds(generation_seconds: float, cost_seconds: float | None) -> float:
-    return generation_seconds if cost_seconds is None else cost_seconds
-
-
-def blend_rate(old: float | None, measured: float) -> float:
-    return measured if old is None else (1 - RATE_ALPHA) * old + RATE_ALPHA * measured
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,11 +385,3 @@ def split_expired(rows: Sequence[tuple[int, int, bool]], max_attempts: int) -> E
         else:
             out.requeued.append(job_id)
     return out
-
-
-def same_batch(jobs: Sequence[Job], limit: int) -> list[Job]:
-    """The oldest job and the next ones with its batch key, up to `limit` (queue order kept)."""
-    if not jobs:
-        return []
-    key = jobs[0].request.batch_key
-    return [job for job in jobs if job.request.batch_key == key][:limit]

@@ -9,22 +9,25 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
+from sdapi.costs import OBSERVATIONS, Call, Cost
 from sdapi.jobs import Job, JobStatus, QueueStats
 from sdapi.metrics import LocalMetrics, Sample, job_ended, webhook_attempt
 from sdapi.queue.base import (
     ABANDONED_ERROR,
+    ANY_KEY,
     DEADLINE_ERROR,
     WORKER_STALE_S,
     Clock,
+    Learned,
+    Line,
     NewJob,
     WebhookEvent,
     WorkerInfo,
     attempt_outcome,
-    blend_rate,
     enforce_caps,
-    learned_seconds,
-    rate_key,
-    same_batch,
+    group_pending,
+    pick_batch,
+    relearn,
     split_expired,
 )
 
@@ -46,14 +49,17 @@ class MemoryQueue:
         self.max_attempts = max_attempts
         self.clock = clock
         self._jobs: dict[int, Job] = {}
-        self._rates: dict[str, float] = {}
-        self._call_rows: dict[str, int] = {}
+        self._timings: dict[str, list[Call]] = {}
+        self._costs: dict[str, Learned] = {}
         self._workers: dict[str, float] = {}
         self._outbox: dict[str, _Outbox] = {}
         self._ids = itertools.count(1)  # ids only grow, even once old jobs are forgotten
         self._metrics = LocalMetrics()
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
+        #: Ids changed since the last wait_for_changes, and the condition it waits on.
+        self._changes: set[int] = set()
+        self._changed = threading.Condition(self._lock)
 
     def enqueue(self, new: NewJob) -> Job:
         with self._lock:
@@ -78,7 +84,13 @@ class MemoryQueue:
             )
             self._jobs[job.id] = job
             self._arrived.notify_all()
+            self._note_changes([job.id])
         return job
+
+    def _note_changes(self, job_ids: Iterable[int]) -> None:
+        """Wake wait_for_changes (called holding the lock)."""
+        self._changes.update(job_ids)
+        self._changed.notify_all()
 
     def _same_track(self, new: NewJob) -> Job | None:
         if new.track_id is None or new.dedupe_since is None:
@@ -93,6 +105,7 @@ class MemoryQueue:
     def _end(self, job: Job, now: float, **changes: object) -> None:
         """Store a job's final state, its metrics and, when it has a webhook, its outbox event."""
         self._jobs[job.id] = job = job.evolve(finished_at=now, **changes)
+        self._note_changes([job.id])
         r = job.request
         size = f"{r.width}x{r.height}"
         self._metrics.add(job_ended(job.status.value, r.model, size, job.generation_seconds))
@@ -112,20 +125,25 @@ class MemoryQueue:
         worker_id: str,
         *,
         lease_s: float,
-        limit: int = 1,
+        images: int = 1,
         models: Sequence[str] | None = None,
         batch_key: str | None = None,
     ) -> list[Job]:
         now = self.clock()
         with self._lock:
             self._reap_expired(now)
-            queued = [
-                j
-                for j in self._jobs.values()
-                if j.status is JobStatus.QUEUED
-                and (models is None or j.request.model in models)
-                and (batch_key is None or j.request.batch_key == batch_key)
-            ]
+            queued = sorted(
+                (
+                    j
+                    for j in self._jobs.values()
+                    if j.status is JobStatus.QUEUED
+                    and (models is None or j.request.model in models)
+                    and (batch_key is None or j.request.batch_key == batch_key)
+                ),
+                key=lambda j: j.id,
+            )
+            rows = [(j.id, j.request.batch_key, j.request.samples) for j in queued]
+            picked = pick_batch(rows, images, gathering=batch_key is not None)
             lease_id = uuid.uuid4().hex
             claimed = [
                 job.evolve(
@@ -137,9 +155,10 @@ class MemoryQueue:
                     started_at=now,
                     progress=0.0,
                 )
-                for job in same_batch(sorted(queued, key=lambda j: j.id), limit)
+                for job in (self._jobs[job_id] for job_id in picked)
             ]
             self._jobs.update((job.id, job) for job in claimed)
+            self._note_changes(picked)
         return claimed
 
     def _reap_expired(self, now: float) -> None:
@@ -161,6 +180,7 @@ class MemoryQueue:
             self._jobs[job_id] = self._jobs[job_id].evolve(
                 status=JobStatus.QUEUED, worker_id=None, progress=0.0, **released
             )
+        self._note_changes(expired.requeued)
         for job in list(self._jobs.values()):
             late = job.deadline_at is not None and job.deadline_at < now
             if job.status is JobStatus.QUEUED and late:
@@ -193,8 +213,7 @@ class MemoryQueue:
         lease_id: str,
         *,
         generation_seconds: float,
-        cost_seconds: float | None = None,
-        call_rows: int = 1,
+        call_size: int | None = None,
         nsfw: bool = False,
     ) -> bool:
         with self._lock:
@@ -208,16 +227,27 @@ class MemoryQueue:
                 progress=1.0,
                 nsfw=nsfw,
                 generation_seconds=generation_seconds,
+                call_size=call_size,
                 lease_id=None,
                 lease_expires_at=None,
             )
-            key = rate_key(job.request.model, job.request.task)
-            cost = learned_seconds(generation_seconds, cost_seconds)
-            measured = cost / max(job.request.work_units, 1e-9)
-            for rate in (job.request.batch_key, key):  # specific, then general
-                self._rates[rate] = blend_rate(self._rates.get(rate), measured)
-            self._call_rows[job.request.batch_key] = call_rows
         return True
+
+    def record_call(
+        self, batch_key: str, model_key: str, call: Call, *, cap: int, prior: Cost
+    ) -> None:
+        with self._lock:
+            for key in (batch_key, model_key, ANY_KEY):
+                kept = self._timings.setdefault(key, [])
+                kept.append(call)
+                del kept[:-OBSERVATIONS]
+            learned = relearn(lambda key: self._timings.get(key, []), batch_key, model_key, prior)
+            for key, (cost, factor) in learned.items():
+                cap_of = cap if key == batch_key else 1
+                self._costs[key] = Learned(cost, factor, cap_of)
+
+    def costs(self, keys: Sequence[str]) -> dict[str, Learned]:
+        return {key: self._costs[key] for key in keys if key in self._costs}
 
     def fail(self, job_id: int, lease_id: str, *, error: str) -> bool:
         with self._lock:
@@ -249,6 +279,7 @@ class MemoryQueue:
                     started_at=None,
                 )
             self._arrived.notify_all()
+            self._note_changes(job.id for job in held)
         return sorted(job.id for job in held)
 
     def cancel(self, job_id: int) -> Job | None:
@@ -260,6 +291,7 @@ class MemoryQueue:
                 self._end(job, self.clock(), status=JobStatus.CANCELLED)
             elif job.status is JobStatus.PROCESSING:
                 self._jobs[job_id] = job.evolve(cancel_requested=True)
+                self._note_changes([job_id])
             return self._jobs[job_id]
 
     def stop_cancelled(self, lease_id: str) -> list[int]:
@@ -287,44 +319,46 @@ class MemoryQueue:
         jobs = [j for j in self._jobs.values() if j.status is JobStatus.PROCESSING]
         return sorted(jobs, key=lambda j: j.id)[:limit]
 
-    def position(self, job_id: int) -> tuple[int, float] | None:
-        job = self._jobs.get(job_id)
-        if job is None or job.status is not JobStatus.QUEUED:
-            return None
-        ahead = [
-            j
-            for j in self._jobs.values()
-            if (j.status is JobStatus.QUEUED and j.id < job_id) or j.status is JobStatus.PROCESSING
-        ]
+    def position(self, job_id: int) -> Line | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.status is not JobStatus.QUEUED:
+                return None
+            ahead = [
+                j
+                for j in self._jobs.values()
+                if (j.status is JobStatus.QUEUED and j.id < job_id)
+                or j.status is JobStatus.PROCESSING
+            ]
         place = 1 + sum(j.status is JobStatus.QUEUED for j in ahead)
-        return place, sum(j.request.work_units * (1 - j.progress) for j in ahead)
+        return Line(place, group_pending(ahead), self.stats().live_workers)
 
     def stats(self) -> QueueStats:
-        live = [
-            j for j in self._jobs.values() if j.status in (JobStatus.QUEUED, JobStatus.PROCESSING)
-        ]
-        pending: dict[tuple[str, str], float] = {}
-        for job in live:
-            key = (job.request.batch_key, rate_key(job.request.model, job.request.task))
-            pending[key] = pending.get(key, 0.0) + job.request.work_units * (1 - job.progress)
-        cutoff = self.clock() - WORKER_STALE_S
+        with self._lock:
+            live = [
+                j
+                for j in self._jobs.values()
+                if j.status in (JobStatus.QUEUED, JobStatus.PROCESSING)
+            ]
+            cutoff = self.clock() - WORKER_STALE_S
+            workers = sum(seen >= cutoff for seen in self._workers.values())
         return QueueStats(
             queued=sum(j.status is JobStatus.QUEUED for j in live),
             processing=sum(j.status is JobStatus.PROCESSING for j in live),
-            pending_work=sum(pending.values()),
-            live_workers=sum(seen >= cutoff for seen in self._workers.values()),
-            pending_by_key=pending,
+            live_workers=workers,
+            pending=group_pending(live),
         )
-
-    def rate(self, key: str) -> float | None:
-        return self._rates.get(key)
-
-    def call_rows(self, batch_key: str) -> int:
-        return self._call_rows.get(batch_key, 1)
 
     def wait_for_work(self, timeout: float) -> None:
         with self._arrived:
             self._arrived.wait(timeout)
+
+    def wait_for_changes(self, timeout: float) -> frozenset[int] | None:
+        with self._changed:
+            if not self._changes:
+                self._changed.wait(timeout)
+            changed, self._changes = frozenset(self._changes), set()
+        return changed
 
     def claim_webhooks(self, *, limit: int, lease_s: float) -> list[WebhookEvent]:
         now = self.clock()

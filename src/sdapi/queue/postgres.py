@@ -16,9 +16,7 @@ and every machine's view of "expired" agree with the other backends.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -26,26 +24,34 @@ from typing import Any
 
 import psycopg
 
-from sdapi.database.postgres import PostgresDatabase, reason
+from sdapi.costs import OBSERVATIONS, Call, Cost
+from sdapi.database.postgres import PostgresDatabase
 from sdapi.jobs import Job, QueueStats
 from sdapi.metrics import Sample, webhook_attempt
 from sdapi.queue.base import (
     ABANDONED_ERROR,
+    ANY_KEY,
     DEADLINE_ERROR,
-    RATE_ALPHA,
     WORKER_STALE_S,
     Clock,
+    Learned,
+    Line,
     NewJob,
     WebhookEvent,
     WorkerInfo,
     attempt_outcome,
     enforce_caps,
-    learned_seconds,
+    pick_batch,
+    relearn,
     split_expired,
 )
+from sdapi.queue.listener import Listener
 from sdapi.queue.rows import (
+    AHEAD,
     BUMP_METRIC,
     CANCEL_QUEUED,
+    CLAIM_COLUMNS,
+    COSTS,
     DUE_WEBHOOKS,
     ENDED,
     EXPIRABLE,
@@ -56,21 +62,32 @@ from sdapi.queue.rows import (
     FORGET_JOBS,
     JOB_WEBHOOK_STATUS,
     LATE_IDS,
+    LIVE_WORKERS,
     OWNER_LIVE,
+    PENDING,
     QUEUE_LIVE,
     READ_METRICS,
     RECENT,
+    RECORD_TIMING,
     RECORD_WEBHOOK,
     RELEASE,
     RUNNING,
     SAME_TRACK,
     SUCCEED,
+    TIMINGS,
     TO_PROCESSING,
+    TRIM_TIMINGS,
+    UPSERT_COST,
     WEBHOOK_EVENT,
+    cost_rows,
     ended_samples,
     insert_sql,
     insert_values,
     job_from_row,
+    learned_from_row,
+    line_of,
+    pending_from_row,
+    queue_stats,
     webhook_event_args,
     webhook_record_args,
 )
@@ -79,8 +96,10 @@ log = logging.getLogger(__name__)
 
 #: How many queued jobs a claim looks at to gather a batch of compatible ones (as SQLite).
 CLAIM_WINDOW = 64
-#: The LISTEN/NOTIFY channel that says "a job may be waiting".
+#: The LISTEN/NOTIFY channels: "a job may be waiting" (workers), and "these jobs changed" (the
+#: ids, comma separated, for requests waiting on them).
 CHANNEL = "sdapi_jobs"
+CHANGES = "sdapi_changes"
 
 Connection = psycopg.Connection[dict[str, Any]]
 
@@ -92,9 +111,8 @@ class PostgresQueue:
         self.db = db
         self.max_attempts = max_attempts
         self.clock = clock
-        #: Opened by the first `wait_for_work`: API replicas never wait, so never hold one.
-        self._listener: psycopg.Connection[Any] | None = None
-        self._listen_lock = threading.Lock()
+        self._work = Listener(db, CHANNEL)
+        self._changes = Listener(db, CHANGES)
 
     def enqueue(self, new: NewJob) -> Job:
         with self.db.transaction() as conn:
@@ -121,7 +139,7 @@ class PostgresQueue:
         worker_id: str,
         *,
         lease_s: float,
-        limit: int = 1,
+        images: int = 1,
         models: Sequence[str] | None = None,
         batch_key: str | None = None,
     ) -> list[Job]:
@@ -133,7 +151,7 @@ class PostgresQueue:
             with conn.transaction():
                 if self._reap_expired(conn, now):
                     _notify(conn, "")  # jobs went back in line: other idle workers may take them
-                ids = _pick(conn, model_sql, model_args, limit)
+                ids = _pick(conn, model_sql, model_args, images, batch_key is not None)
                 if not ids:
                     return []
                 rows = conn.execute(
@@ -142,6 +160,7 @@ class PostgresQueue:
                     f" progress = 0 WHERE id = ANY(%s) AND status IN {TO_PROCESSING} RETURNING *",
                     (uuid.uuid4().hex, now + lease_s, worker_id, now, ids),
                 ).fetchall()
+                _changed(conn, ids)
         return sorted((job_from_row(row) for row in rows), key=lambda job: job.id)
 
     def _reap_expired(self, conn: Connection, now: float) -> int:
@@ -182,6 +201,7 @@ class PostgresQueue:
         if late:
             conn.execute(FAIL_LATE.format(p="%s"), (now, DEADLINE_ERROR, now))
         _ended(conn, expired.ended + late, now)
+        _changed(conn, expired.requeued)
         return len(expired.requeued)
 
     def heartbeat(self, lease_id: str, *, lease_s: float, progress: float | None = None) -> int:
@@ -201,23 +221,47 @@ class PostgresQueue:
         lease_id: str,
         *,
         generation_seconds: float,
-        cost_seconds: float | None = None,
-        call_rows: int = 1,
+        call_size: int | None = None,
         nsfw: bool = False,
     ) -> bool:
         now = self.clock()
         with self.db.transaction() as conn:
-            done = conn.execute(
-                SUCCEED.format(p="%s") + " RETURNING batch_key, rate_key, work_units",
-                (now, generation_seconds, nsfw, job_id, lease_id),
-            ).fetchone()
-            if done is not None:
-                cost = learned_seconds(generation_seconds, cost_seconds)
-                measured = cost / max(done["work_units"], 1e-9)
-                _learn_rate(conn, done["batch_key"], measured, call_rows, now)
-                _learn_rate(conn, done["rate_key"], measured, 1, now)
+            cur = conn.execute(
+                SUCCEED.format(p="%s"), (now, generation_seconds, nsfw, call_size, job_id, lease_id)
+            )
+            if cur.rowcount:
                 _ended(conn, [job_id], now)
-        return done is not None
+        return cur.rowcount == 1
+
+    def record_call(
+        self, batch_key: str, model_key: str, call: Call, *, cap: int, prior: Cost
+    ) -> None:
+        now = self.clock()
+        with self.db.transaction() as conn:
+            # One worker at a time relearns a model: two fits from the same history would race.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 2))", (model_key,))
+            for key in (batch_key, model_key, ANY_KEY):
+                conn.execute(
+                    RECORD_TIMING.format(p="%s"), (key, call.units, call.steps, call.seconds, now)
+                )
+                conn.execute(TRIM_TIMINGS.format(p="%s"), (key, key, OBSERVATIONS))
+
+            def history(key: str) -> list[Call]:
+                rows = conn.execute(TIMINGS.format(p="%s"), (key,)).fetchall()
+                return [Call(row["units"], row["steps"], row["seconds"]) for row in rows]
+
+            learned = relearn(history, batch_key, model_key, prior)
+            with conn.cursor() as cur:
+                cur.executemany(
+                    UPSERT_COST.format(p="%s"), sorted(cost_rows(learned, batch_key, cap, now))
+                )
+
+    def costs(self, keys: Sequence[str]) -> dict[str, Learned]:
+        if not keys:
+            return {}
+        with self.db.connection() as conn:
+            rows = conn.execute(f"{COSTS} WHERE rate_key = ANY(%s)", (list(keys),)).fetchall()
+        return {row["rate_key"]: learned_from_row(row) for row in rows}
 
     def fail(self, job_id: int, lease_id: str, *, error: str) -> bool:
         now = self.clock()
@@ -232,6 +276,7 @@ class PostgresQueue:
         with self.db.transaction() as conn:
             rows = conn.execute(RELEASE.format(p="%s") + " RETURNING id", (lease_id,)).fetchall()
             _notify(conn, "")  # idle workers may take them at once
+            _changed(conn, [row["id"] for row in rows])
         return sorted(row["id"] for row in rows)
 
     def cancel(self, job_id: int) -> Job | None:
@@ -244,6 +289,7 @@ class PostgresQueue:
                 " WHERE id = %s RETURNING *",
                 (job_id,),
             ).fetchone()
+            _changed(conn, [job_id] if row else [])
         return job_from_row(row) if row else None
 
     def stop_cancelled(self, lease_id: str) -> list[int]:
@@ -270,108 +316,32 @@ class PostgresQueue:
             rows = conn.execute(RUNNING.format(p="%s"), (limit,)).fetchall()
         return [job_from_row(row) for row in rows]
 
-    def position(self, job_id: int) -> tuple[int, float] | None:
+    def position(self, job_id: int) -> Line | None:
         with self.db.connection() as conn:
-            row = conn.execute(
-                "SELECT (SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND id < j.id) + 1"
-                "   AS place,"
-                " (SELECT COALESCE(SUM(work_units * (1 - progress)), 0) FROM jobs"
-                "   WHERE (status = 'queued' AND id < j.id) OR status = 'processing') AS ahead"
-                " FROM jobs j WHERE j.id = %s AND j.status = 'queued'",
-                (job_id,),
+            queued = conn.execute(
+                "SELECT 1 FROM jobs WHERE id = %s AND status = 'queued'", (job_id,)
             ).fetchone()
-        return (row["place"], row["ahead"]) if row else None
+            if queued is None:
+                return None
+            rows = conn.execute(AHEAD.format(p="%s"), (job_id,)).fetchall()
+            live = _live_workers(conn, self.clock())
+        return line_of([pending_from_row(row) for row in rows], live)
 
     def stats(self) -> QueueStats:
-        counts = dict.fromkeys(("queued", "processing"), 0)
-        pending: dict[tuple[str, str], float] = {}
         with self.db.connection() as conn:
-            for row in conn.execute(
-                "SELECT status, batch_key, rate_key, COUNT(*) AS n,"
-                " SUM(work_units * (1 - progress)) AS work FROM jobs"
-                " WHERE status IN ('queued', 'processing') GROUP BY status, batch_key, rate_key"
-            ):
-                counts[row["status"]] += row["n"]
-                key = (row["batch_key"], row["rate_key"])
-                pending[key] = pending.get(key, 0.0) + (row["work"] or 0.0)
-            live = conn.execute(
-                "SELECT COUNT(*) AS n FROM workers WHERE seen_at >= %s",
-                (self.clock() - WORKER_STALE_S,),
-            ).fetchone()
-        assert live is not None  # COUNT(*) always returns a row
-        return QueueStats(
-            counts["queued"], counts["processing"], sum(pending.values()), live["n"], pending
-        )
-
-    def rate(self, key: str) -> float | None:
-        with self.db.connection() as conn:
-            row = conn.execute(
-                "SELECT seconds_per_unit FROM rates WHERE rate_key = %s", (key,)
-            ).fetchone()
-        return row["seconds_per_unit"] if row else None
-
-    def call_rows(self, batch_key: str) -> int:
-        with self.db.connection() as conn:
-            row = conn.execute(
-                "SELECT call_rows FROM rates WHERE rate_key = %s", (batch_key,)
-            ).fetchone()
-        return int(row["call_rows"]) if row else 1
+            groups = [pending_from_row(row) for row in conn.execute(PENDING)]
+            live = _live_workers(conn, self.clock())
+        return queue_stats(groups, live)
 
     def wait_for_work(self, timeout: float) -> None:
-        """Block until a NOTIFY arrives on the LISTEN connection or `timeout` passes.
+        """Block until a NOTIFY on CHANNEL arrives or `timeout` passes (see Listener)."""
+        self._work.wait(timeout)
 
-        Never raises for a database problem: a worker's idle wait is not where an outage should
-        kill it (its next claim reports the outage). A lost LISTEN connection is dropped and
-        opened again on the next call; meanwhile the wait degrades to a plain sleep (polling).
-        """
-        timeout = max(0.0, timeout)
-        deadline = time.monotonic() + timeout
-        # One waiter at a time on the one LISTEN connection; another thread waits its turn,
-        # which for it is the same as sleeping out its timeout.
-        if not self._listen_lock.acquire(timeout=timeout):
-            return
-        try:
-            if self._listener is None:
-                if self._start_listening(timeout):
-                    # Whatever was enqueued before LISTEN took effect sent us no wake-up:
-                    # return so the caller looks at the queue once more before really waiting.
-                    return
-            elif self._await_notify(self._listener, deadline):
-                return
-            time.sleep(max(0.0, deadline - time.monotonic()))
-        finally:
-            self._listen_lock.release()
-
-    def _start_listening(self, timeout: float) -> bool:
-        try:
-            self._listener = self.db.listen_connection(CHANNEL, timeout=timeout)
-        except psycopg.Error as exc:
-            log.warning("cannot LISTEN for new jobs (polling until it can): %s", reason(exc))
-            return False
-        return True
-
-    def _await_notify(self, conn: psycopg.Connection[Any], deadline: float) -> bool:
-        """Wait on `conn` until a notification or the deadline; False if the connection broke."""
-        try:
-            remaining = max(0.0, deadline - time.monotonic())
-            # list(): each notifies() generator must run to its end, as it holds the
-            # connection's lock until then.
-            if list(conn.notifies(timeout=remaining, stop_after=1)):
-                # Swallow the wake-ups queued behind this one (a burst of enqueues): one look
-                # at the queue answers them all.
-                for _ in conn.notifies(timeout=0):
-                    pass
-        except psycopg.Error as exc:
-            log.warning("lost the LISTEN connection (will reconnect): %s", reason(exc))
-            self._drop_listener()
-            return False
-        return True
-
-    def _drop_listener(self) -> None:
-        conn, self._listener = self._listener, None
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error):  # already broken: closing is all we want
-                conn.close()
+    def wait_for_changes(self, timeout: float) -> frozenset[int] | None:
+        payloads = self._changes.wait(timeout)
+        if payloads is None:
+            return None
+        return frozenset(int(i) for payload in payloads for i in payload.split(",") if i)
 
     def claim_webhooks(self, *, limit: int, lease_s: float) -> list[WebhookEvent]:
         now = self.clock()
@@ -447,18 +417,32 @@ class PostgresQueue:
             conn.execute("DELETE FROM workers WHERE id = %s", (worker_id,))
 
     def close(self) -> None:
-        with self._listen_lock:  # waits out a wait_for_work in flight (bounded by its timeout)
-            self._drop_listener()
+        self._work.close()
+        self._changes.close()
         self.db.close()
 
 
 def _ended(conn: Connection, job_ids: Iterable[int], now: float) -> None:
     """Outbox events and metrics of jobs that just ended, in the transaction that ended them:
-    neither can be lost, nor counted twice."""
+    neither can be lost, nor counted twice; and the news for requests waiting on them."""
+    job_ids = list(job_ids)
     for job_id in job_ids:
         conn.execute(WEBHOOK_EVENT.format(p="%s"), webhook_event_args(job_id, now))
         row = conn.execute(ENDED.format(p="%s"), (job_id,)).fetchone()
         _bump(conn, ended_samples(row))
+    _changed(conn, job_ids)
+
+
+def _live_workers(conn: Connection, now: float) -> int:
+    row = conn.execute(LIVE_WORKERS.format(p="%s"), (now - WORKER_STALE_S,)).fetchone()
+    assert row is not None  # COUNT(*) always returns a row
+    return int(row["n"])
+
+
+def _changed(conn: Connection, job_ids: Sequence[int]) -> None:
+    """Tell waiting requests these jobs changed; delivered when the transaction commits."""
+    if job_ids:
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANGES, ",".join(map(str, job_ids))))
 
 
 def _bump(conn: Connection, samples: Sequence[Sample]) -> None:
@@ -504,11 +488,14 @@ def _has_work(conn: Connection, now: float, model_sql: str, model_args: tuple[An
     return row is not None
 
 
-def _pick(conn: Connection, model_sql: str, model_args: tuple[Any, ...], limit: int) -> list[int]:
-    """Lock and return up to `limit` ids sharing the oldest free job's batch key (in line order).
+def _pick(
+    conn: Connection, model_sql: str, model_args: tuple[Any, ...], images: int, gathering: bool
+) -> list[int]:
+    """Lock and return the ids of a batch (`pick_batch`) sharing the oldest free job's batch key.
 
     The head is the oldest queued job no other claimer holds; the batch is gathered from the
-    CLAIM_WINDOW queued jobs starting at it, as SQLite gathers from the front of the line.
+    CLAIM_WINDOW queued jobs starting at it, as SQLite gathers from the front of the line. As
+    every job has an image at least, no more than `images` rows can fit: no more are locked.
     """
     head = conn.execute(
         f"SELECT id, batch_key FROM jobs WHERE status = 'queued' {model_sql}"
@@ -518,30 +505,14 @@ def _pick(conn: Connection, model_sql: str, model_args: tuple[Any, ...], limit: 
     if head is None:
         return []
     rows = conn.execute(
-        f"SELECT id FROM jobs WHERE status = 'queued' AND batch_key = %s AND id IN ("
+        f"SELECT {CLAIM_COLUMNS} FROM jobs WHERE status = 'queued' AND batch_key = %s AND id IN ("
         f"   SELECT id FROM jobs WHERE status = 'queued' AND id >= %s {model_sql}"
         f"   ORDER BY id LIMIT %s)"
         f" ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
-        (head["batch_key"], head["id"], *model_args, CLAIM_WINDOW, limit),
+        (head["batch_key"], head["id"], *model_args, CLAIM_WINDOW, max(images, 1)),
     ).fetchall()
-    return [row["id"] for row in rows]
-
-
-def _learn_rate(conn: Connection, key: str, measured: float, rows: int, now: float) -> None:
-    """Blend the measurement into the stored rate, as `blend_rate` does, in one statement.
-
-    The blend happens in SQL on the locked row: two workers finishing jobs of the same model at
-    once both count, where read-then-write in Python would lose one of them.
-    """
-    conn.execute(
-        "INSERT INTO rates (rate_key, seconds_per_unit, samples, updated_at, call_rows)"
-        " VALUES (%s, %s, 1, %s, %s)"
-        " ON CONFLICT (rate_key) DO UPDATE SET"
-        " seconds_per_unit = %s * rates.seconds_per_unit + %s * excluded.seconds_per_unit,"
-        " samples = rates.samples + 1, updated_at = excluded.updated_at,"
-        " call_rows = excluded.call_rows",
-        (key, measured, now, rows, 1 - RATE_ALPHA, RATE_ALPHA),
-    )
+    rows = [(row["id"], row["batch_key"], row["images"]) for row in rows]
+    return pick_batch(rows, images, gathering)
 
 
 def _notify(conn: Connection, payload: str) -> None:

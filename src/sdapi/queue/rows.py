@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from sdapi.jobs import GenerationRequest, Job, JobStatus, sources_of
+from sdapi.costs import Cost
+from sdapi.jobs import GenerationRequest, Job, JobStatus, Pending, QueueStats, sources_of
 from sdapi.metrics import Sample, job_ended
-from sdapi.queue.base import NewJob, rate_key
+from sdapi.queue.base import Learned, Line, NewJob, rate_key
 
 #: Columns an INSERT of a new job fills, in the order of `insert_values`.
 INSERT_COLUMNS = (
     "owner", "status", "model", "request", "batch_key", "rate_key", "work_units", "output_names",
     "created_at", "webhook", "track_id", "echo", "webhook_status", "deadline_at", "keep_until",
+    "images", "call_steps",
 )  # fmt: skip
 
 
@@ -35,7 +38,7 @@ def insert_values(new: NewJob, now: float) -> tuple[Any, ...]:
         new.owner, JobStatus.QUEUED.value, req.model, req.to_json(), req.batch_key,
         rate_key(req.model, req.task), req.work_units, json.dumps(new.output_names), now,
         new.webhook, new.track_id, json.dumps(dict(new.echo)), new.webhook_status,
-        new.deadline_at, new.keep_until,
+        new.deadline_at, new.keep_until, req.samples, req.call_steps,
     )  # fmt: skip
 
 
@@ -54,7 +57,7 @@ TO_PROCESSING = states_sql(JobStatus.PROCESSING)
 #: Each holds only for the current lease holder, so a stale worker's late write matches no row.
 SUCCEED = (
     "UPDATE jobs SET status = 'success', finished_at = {p}, generation_seconds = {p},"
-    " nsfw = {p}, progress = 1, lease_id = NULL, lease_expires_at = NULL"
+    " nsfw = {p}, call_size = {p}, progress = 1, lease_id = NULL, lease_expires_at = NULL"
     f" WHERE id = {{p}} AND lease_id = {{p}} AND status IN {states_sql(JobStatus.SUCCESS)}"
 )
 FAIL = (
@@ -190,4 +193,88 @@ def job_from_row(row: Row) -> Job:
         deadline_at=row["deadline_at"],
         keep_until=row["keep_until"],
         nsfw=bool(row["nsfw"]),
+        call_size=row["call_size"],
     )
+
+
+#: Live jobs grouped for the ETA (sdapi.jobs.Pending): queued ones by batch key, running ones
+#: by batch key and worker (queued jobs have no worker).
+_PENDING = (
+    "SELECT batch_key, rate_key, worker_id, COUNT(*) AS jobs, SUM(images) AS images,"
+    " SUM(work_units) AS units, MAX(call_steps) AS steps, MIN(started_at) AS started_at,"
+    " MIN(progress) AS progress FROM jobs WHERE {where} GROUP BY batch_key, rate_key, worker_id"
+)
+PENDING = _PENDING.format(where="status IN ('queued', 'processing')")
+#: The same for the work ahead of queued job {p}: the queued jobs before it, and every running one.
+AHEAD = _PENDING.format(where="(status = 'queued' AND id < {p}) OR status = 'processing'")
+#: The claim's window: the queued jobs at the front of the line a batch is picked from.
+CLAIM_COLUMNS = "id, batch_key, images"
+
+
+def pending_from_row(row: Row) -> Pending:
+    return Pending(
+        batch_key=row["batch_key"],
+        rate_key=row["rate_key"],
+        worker_id=row["worker_id"],
+        jobs=row["jobs"],
+        images=row["images"],
+        units=row["units"],
+        steps=row["steps"],
+        started_at=row["started_at"],
+        progress=row["progress"],
+    )
+
+
+def queue_stats(groups: Sequence[Pending], live_workers: int) -> QueueStats:
+    queued = sum(group.jobs for group in groups if group.worker_id is None)
+    processing = sum(group.jobs for group in groups if group.worker_id is not None)
+    return QueueStats(queued, processing, live_workers, tuple(groups))
+
+
+def line_of(groups: Sequence[Pending], live_workers: int) -> Line:
+    """A queued job's Line from the groups ahead of it (AHEAD)."""
+    place = 1 + sum(group.jobs for group in groups if group.worker_id is None)
+    return Line(place, tuple(groups), live_workers)
+
+
+#: Workers seen since {p}: the live ones.
+LIVE_WORKERS = "SELECT COUNT(*) AS n FROM workers WHERE seen_at >= {p}"
+
+
+#: The costs learned of some keys, and their upsert (sdapi.queue.base.relearn).
+COSTS = "SELECT rate_key, overhead, per_step, per_unit, scale, call_cap FROM costs"
+UPSERT_COST = (
+    "INSERT INTO costs (rate_key, overhead, per_step, per_unit, scale, call_cap, updated_at)"
+    " VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT (rate_key) DO UPDATE SET"
+    " overhead = excluded.overhead, per_step = excluded.per_step,"
+    " per_unit = excluded.per_unit, scale = excluded.scale, call_cap = excluded.call_cap,"
+    " updated_at = excluded.updated_at"
+)
+RECORD_TIMING = (
+    "INSERT INTO timings (rate_key, units, steps, seconds, recorded_at)"
+    " VALUES ({p}, {p}, {p}, {p}, {p})"
+)
+#: Keeps a key's latest OBSERVATIONS calls.
+TRIM_TIMINGS = (
+    "DELETE FROM timings WHERE rate_key = {p} AND id NOT IN"
+    " (SELECT id FROM timings WHERE rate_key = {p} ORDER BY id DESC LIMIT {p})"
+)
+TIMINGS = "SELECT units, steps, seconds FROM timings WHERE rate_key = {p} ORDER BY id"
+
+
+def learned_from_row(row: Row) -> Learned:
+    cost = None
+    if row["overhead"] is not None:
+        cost = Cost(row["overhead"], row["per_step"], row["per_unit"])
+    return Learned(cost, row["scale"], row["call_cap"])
+
+
+def cost_rows(
+    learned: Mapping[str, tuple[Cost | None, float]], batch_key: str, cap: int, now: float
+) -> list[tuple[Any, ...]]:
+    """UPSERT_COST's arguments for what `relearn` gave."""
+    rows = []
+    for key, (cost, factor) in learned.items():
+        terms = cost.terms() if cost is not None else (None, None, None)
+        rows.append((key, *terms, factor, cap if key == batch_key else 1, now))
+    return rows

@@ -11,26 +11,35 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 
+from sdapi.costs import OBSERVATIONS, Call, Cost
 from sdapi.database.sqlite import SQLiteDatabase
 from sdapi.jobs import Job, QueueStats
 from sdapi.metrics import Sample, webhook_attempt
 from sdapi.queue.base import (
     ABANDONED_ERROR,
+    ANY_KEY,
     DEADLINE_ERROR,
     WORKER_STALE_S,
     Clock,
+    Expired,
+    Learned,
+    Line,
     NewJob,
     WebhookEvent,
     WorkerInfo,
     attempt_outcome,
-    blend_rate,
     enforce_caps,
-    learned_seconds,
+    pick_batch,
+    relearn,
     split_expired,
 )
+from sdapi.queue.doorbell import JOBS, WORK, Doorbell, folder_for
 from sdapi.queue.rows import (
+    AHEAD,
     BUMP_METRIC,
     CANCEL_QUEUED,
+    CLAIM_COLUMNS,
+    COSTS,
     DUE_WEBHOOKS,
     ENDED,
     EXPIRABLE,
@@ -41,27 +50,39 @@ from sdapi.queue.rows import (
     FORGET_JOBS,
     JOB_WEBHOOK_STATUS,
     LATE_IDS,
+    LIVE_WORKERS,
     OWNER_LIVE,
+    PENDING,
     QUEUE_LIVE,
     READ_METRICS,
     RECENT,
+    RECORD_TIMING,
     RECORD_WEBHOOK,
     RELEASE,
     RUNNING,
     SAME_TRACK,
     SUCCEED,
+    TIMINGS,
     TO_PROCESSING,
+    TRIM_TIMINGS,
+    UPSERT_COST,
     WEBHOOK_EVENT,
+    cost_rows,
     ended_samples,
     insert_sql,
     insert_values,
     job_from_row,
+    learned_from_row,
+    line_of,
+    pending_from_row,
+    queue_stats,
     webhook_event_args,
     webhook_record_args,
 )
 
 #: How many queued jobs a claim looks at to gather a batch of compatible ones.
 CLAIM_WINDOW = 64
+QUEUED_JOB = "SELECT 1 FROM jobs WHERE id = ? AND status = 'queued'"
 
 
 class SQLiteQueue:
@@ -69,6 +90,13 @@ class SQLiteQueue:
         self.db = db
         self.max_attempts = max_attempts
         self.clock = clock
+        #: Wakes waiting workers and requests in every process sharing the file (after commits).
+        self.bell = Doorbell(folder_for(db.path))
+
+    def _changed(self, job_ids: Iterable[int]) -> None:
+        """Tell waiting requests that these jobs changed (called once their change committed)."""
+        if ids := ",".join(str(job_id) for job_id in job_ids):
+            self.bell.ring(JOBS, ids)
 
     def enqueue(self, new: NewJob) -> Job:
         with self.db.write() as conn:  # the write lock makes check-then-insert atomic
@@ -85,6 +113,7 @@ class SQLiteQueue:
             )
             cur = conn.execute(insert_sql("?"), insert_values(new, self.clock()))
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (cur.lastrowid,)).fetchone()
+        self.bell.ring(WORK, new.request.model)
         return job_from_row(row)
 
     def get(self, job_id: int) -> Job | None:
@@ -96,7 +125,7 @@ class SQLiteQueue:
         worker_id: str,
         *,
         lease_s: float,
-        limit: int = 1,
+        images: int = 1,
         models: Sequence[str] | None = None,
         batch_key: str | None = None,
     ) -> list[Job]:
@@ -105,27 +134,26 @@ class SQLiteQueue:
         if not self._has_work(now, model_sql, model_args):
             return []  # idle polls stay read-only: no write lock, no fsync
         with self.db.write() as conn:
-            self._reap_expired(conn, now)
+            reaped = self._reap_expired(conn, now)
             rows = conn.execute(
-                f"SELECT id, batch_key FROM jobs WHERE status = 'queued' {model_sql}"
+                f"SELECT {CLAIM_COLUMNS} FROM jobs WHERE status = 'queued' {model_sql}"
                 " ORDER BY id LIMIT ?",
                 (*model_args, CLAIM_WINDOW),
             ).fetchall()
-            if not rows:
-                return []
-            key = rows[0]["batch_key"]
-            ids = [r["id"] for r in rows if r["batch_key"] == key][:limit]
-            lease_id = uuid.uuid4().hex
+            ids = pick_batch([tuple(r) for r in rows], images, gathering=batch_key is not None)
             marks = ",".join("?" * len(ids))
             conn.execute(
                 f"UPDATE jobs SET status = 'processing', attempts = attempts + 1, lease_id = ?,"
                 f" lease_expires_at = ?, worker_id = ?, started_at = ?, progress = 0"
                 f" WHERE id IN ({marks}) AND status IN {TO_PROCESSING}",
-                (lease_id, now + lease_s, worker_id, now, *ids),
+                (uuid.uuid4().hex, now + lease_s, worker_id, now, *ids),
             )
             claimed = conn.execute(
                 f"SELECT * FROM jobs WHERE id IN ({marks}) ORDER BY id", ids
             ).fetchall()
+        if reaped.requeued:
+            self.bell.ring(WORK)  # other idle workers may take them
+        self._changed([*reaped.ended, *reaped.requeued, *ids])
         return [job_from_row(row) for row in claimed]
 
     def _ended(self, conn: sqlite3.Connection, job_ids: Iterable[int], now: float) -> None:
@@ -148,8 +176,9 @@ class SQLiteQueue:
         )
         return row is not None
 
-    def _reap_expired(self, conn: sqlite3.Connection, now: float) -> None:
-        """Expired leases (see `split_expired`), then queued jobs past their deadline."""
+    def _reap_expired(self, conn: sqlite3.Connection, now: float) -> Expired:
+        """Expired leases (see `split_expired`), then queued jobs past their deadline (added
+        to what ended)."""
         rows = conn.execute(
             "SELECT id, attempts, cancel_requested FROM jobs"
             " WHERE status = 'processing' AND lease_expires_at < ?",
@@ -177,6 +206,8 @@ class SQLiteQueue:
         late = [r[0] for r in conn.execute(LATE_IDS.format(p="?"), (now,))]
         conn.execute(FAIL_LATE.format(p="?"), (now, DEADLINE_ERROR, now))
         self._ended(conn, expired.ended + late, now)
+        expired.cancelled.extend(late)  # ended, as far as those waiting on them care
+        return expired
 
     def heartbeat(self, lease_id: str, *, lease_s: float, progress: float | None = None) -> int:
         now = self.clock()
@@ -194,41 +225,46 @@ class SQLiteQueue:
         lease_id: str,
         *,
         generation_seconds: float,
-        cost_seconds: float | None = None,
-        call_rows: int = 1,
+        call_size: int | None = None,
         nsfw: bool = False,
     ) -> bool:
         now = self.clock()
         with self.db.write() as conn:
             cur = conn.execute(
                 SUCCEED.format(p="?"),
-                (now, generation_seconds, nsfw, job_id, lease_id),
+                (now, generation_seconds, nsfw, call_size, job_id, lease_id),
             )
             if cur.rowcount:
-                seconds = learned_seconds(generation_seconds, cost_seconds)
-                self._learn_rate(conn, job_id, seconds, call_rows, now)
                 self._ended(conn, [job_id], now)
+        self._changed([job_id] if cur.rowcount else [])
         return cur.rowcount == 1
 
-    def _learn_rate(
-        self, conn: sqlite3.Connection, job_id: int, seconds: float, rows: int, now: float
+    def record_call(
+        self, batch_key: str, model_key: str, call: Call, *, cap: int, prior: Cost
     ) -> None:
-        """Blend the measurement into the job's batch-key rate and its model+task rate."""
-        job = conn.execute(
-            "SELECT batch_key, rate_key, work_units FROM jobs WHERE id = ?", (job_id,)
-        ).fetchone()
-        measured = seconds / max(job["work_units"], 1e-9)
-        for key, call_rows in ((job["batch_key"], rows), (job["rate_key"], 1)):
-            row = conn.execute(
-                "SELECT seconds_per_unit FROM rates WHERE rate_key = ?", (key,)
-            ).fetchone()
-            conn.execute(
-                "INSERT INTO rates (rate_key, seconds_per_unit, samples, updated_at, call_rows)"
-                " VALUES (?, ?, 1, ?, ?) ON CONFLICT (rate_key) DO UPDATE SET"
-                " seconds_per_unit = excluded.seconds_per_unit, samples = samples + 1,"
-                " updated_at = excluded.updated_at, call_rows = excluded.call_rows",
-                (key, blend_rate(row[0] if row else None, measured), now, call_rows),
-            )
+        now = self.clock()
+        with self.db.write() as conn:
+            for key in (batch_key, model_key, ANY_KEY):
+                conn.execute(
+                    RECORD_TIMING.format(p="?"), (key, call.units, call.steps, call.seconds, now)
+                )
+                conn.execute(TRIM_TIMINGS.format(p="?"), (key, key, OBSERVATIONS))
+
+            def history(key: str) -> list[Call]:
+                return [Call(*row) for row in conn.execute(TIMINGS.format(p="?"), (key,))]
+
+            learned = relearn(history, batch_key, model_key, prior)
+            conn.executemany(UPSERT_COST.format(p="?"), cost_rows(learned, batch_key, cap, now))
+
+    def costs(self, keys: Sequence[str]) -> dict[str, Learned]:
+        if not keys:
+            return {}
+        rows = (
+            self.db.connection()
+            .execute(f"{COSTS} WHERE rate_key IN ({','.join('?' * len(keys))})", tuple(keys))
+            .fetchall()
+        )
+        return {row["rate_key"]: learned_from_row(row) for row in rows}
 
     def fail(self, job_id: int, lease_id: str, *, error: str) -> bool:
         now = self.clock()
@@ -236,6 +272,7 @@ class SQLiteQueue:
             cur = conn.execute(FAIL.format(p="?"), (now, error, job_id, lease_id))
             if cur.rowcount:
                 self._ended(conn, [job_id], now)
+        self._changed([job_id] if cur.rowcount else [])
         return cur.rowcount == 1
 
     def release(self, lease_id: str) -> list[int]:
@@ -245,6 +282,8 @@ class SQLiteQueue:
                 r[0] for r in conn.execute("SELECT id FROM jobs WHERE lease_id = ?", (lease_id,))
             ]
             conn.execute(RELEASE.format(p="?"), (lease_id,))
+        self.bell.ring(WORK)  # idle workers may take them at once
+        self._changed(ids)
         return sorted(ids)
 
     def cancel(self, job_id: int) -> Job | None:
@@ -257,6 +296,7 @@ class SQLiteQueue:
                 (job_id,),
             )
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        self._changed([job_id] if row else [])
         return job_from_row(row) if row else None
 
     def stop_cancelled(self, lease_id: str) -> list[int]:
@@ -273,6 +313,7 @@ class SQLiteQueue:
                 (now, lease_id),
             )
             self._ended(conn, ids, now)
+        self._changed(ids)
         return sorted(ids)
 
     def recent(self, owner: str, *, limit: int) -> list[Job]:
@@ -283,58 +324,31 @@ class SQLiteQueue:
         rows = self.db.connection().execute(RUNNING.format(p="?"), (limit,)).fetchall()
         return [job_from_row(row) for row in rows]
 
-    def position(self, job_id: int) -> tuple[int, float] | None:
-        row = (
-            self.db.connection()
-            .execute(
-                "SELECT (SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND id < j.id) + 1,"
-                " (SELECT COALESCE(SUM(work_units * (1 - progress)), 0) FROM jobs"
-                "   WHERE (status = 'queued' AND id < j.id) OR status = 'processing')"
-                " FROM jobs j WHERE j.id = ? AND j.status = 'queued'",
-                (job_id,),
-            )
-            .fetchone()
-        )
-        return (row[0], row[1]) if row else None
+    def position(self, job_id: int) -> Line | None:
+        conn = self.db.connection()
+        if conn.execute(QUEUED_JOB, (job_id,)).fetchone() is None:
+            return None
+        rows = conn.execute(AHEAD.format(p="?"), (job_id,)).fetchall()
+        return line_of([pending_from_row(row) for row in rows], self._live_workers())
 
     def stats(self) -> QueueStats:
-        conn = self.db.connection()
-        counts = dict.fromkeys(("queued", "processing"), 0)
-        pending: dict[tuple[str, str], float] = {}
-        for row in conn.execute(
-            "SELECT status, batch_key, rate_key, COUNT(*), SUM(work_units * (1 - progress))"
-            " FROM jobs WHERE status IN ('queued', 'processing')"
-            " GROUP BY status, batch_key, rate_key"
-        ):
-            counts[row[0]] += row[3]
-            key = (row[1], row[2])
-            pending[key] = pending.get(key, 0.0) + (row[4] or 0.0)
-        live = conn.execute(
-            "SELECT COUNT(*) FROM workers WHERE seen_at >= ?", (self.clock() - WORKER_STALE_S,)
-        ).fetchone()[0]
-        return QueueStats(
-            counts["queued"], counts["processing"], sum(pending.values()), live, pending
-        )
+        groups = [pending_from_row(row) for row in self.db.connection().execute(PENDING)]
+        return queue_stats(groups, self._live_workers())
 
-    def rate(self, key: str) -> float | None:
-        row = (
-            self.db.connection()
-            .execute("SELECT seconds_per_unit FROM rates WHERE rate_key = ?", (key,))
-            .fetchone()
+    def _live_workers(self) -> int:
+        cutoff = self.clock() - WORKER_STALE_S
+        return int(
+            self.db.connection().execute(LIVE_WORKERS.format(p="?"), (cutoff,)).fetchone()[0]
         )
-        return row[0] if row else None
-
-    def call_rows(self, batch_key: str) -> int:
-        row = (
-            self.db.connection()
-            .execute("SELECT call_rows FROM rates WHERE rate_key = ?", (batch_key,))
-            .fetchone()
-        )
-        return int(row[0]) if row else 1
 
     def wait_for_work(self, timeout: float) -> None:
-        # SQLite cannot signal another process; the idle claim is a cheap indexed read.
-        time.sleep(timeout)
+        self.bell.wait(WORK, timeout)
+
+    def wait_for_changes(self, timeout: float) -> frozenset[int] | None:
+        messages = self.bell.wait(JOBS, timeout)
+        if messages is None:
+            return None
+        return frozenset(int(i) for message in messages for i in message.split(",") if i)
 
     def claim_webhooks(self, *, limit: int, lease_s: float) -> list[WebhookEvent]:
         now = self.clock()
@@ -407,6 +421,7 @@ class SQLiteQueue:
             conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
 
     def close(self) -> None:
+        self.bell.close()
         self.db.close()
 
 

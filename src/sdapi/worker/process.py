@@ -61,7 +61,9 @@ def run_worker(settings: Settings) -> None:
     def engine_for(model: str) -> CachedEngine:
         if model == settings.upscaler and model not in settings.model:
             return UpscaleEngine(model, settings.models_dir, device=device, threads=threads)
-        return Engine(model, settings.models_dir, device=device, threads=threads)
+        return Engine(
+            model, settings.models_dir, device=device, threads=threads, compile=settings.compile
+        )
 
     budget = int(settings.model_memory * 2**30) or default_budget(device)
     worker = Worker(

@@ -13,13 +13,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sdapi import metrics
-from sdapi.batching import plan_calls, rows_for
+from sdapi.batching import cap_for
+from sdapi.costs import Call, prior_for
 from sdapi.engine.cache import EngineCache
 from sdapi.errors import DatabaseUnavailable, SdapiError
 from sdapi.images import encode_output
-from sdapi.jobs import GenerationRequest, Job, Task
+from sdapi.jobs import GenerationRequest, Job
 from sdapi.logs import job_context
-from sdapi.queue.base import JobQueue, WorkerInfo
+from sdapi.queue.base import JobQueue, WorkerInfo, rate_key
 from sdapi.storage.base import ImageStore
 from sdapi.worker.affinity import FAIR_EVERY_S, Affinity
 from sdapi.worker.lease import LeaseKeeper
@@ -30,8 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: The longest an idle worker waits before looking for work again (a cheap read when there is
-#: none); a queue that can signal new work wakes it sooner.
-IDLE_POLL_S = 0.1
+#: none). Every queue backend wakes it the moment a job arrives: this is only the pace at which
+#: an idle worker notices leases that expired (a dead worker's jobs).
+IDLE_WAIT_S = 1.0
 #: How often an idle worker tells the queue it is alive.
 PRESENCE_S = 5.0
 #: While the database is unreachable, the worker retries after this long, doubling up to a cap.
@@ -54,10 +56,11 @@ class Generator(Protocol):
         self,
         requests: Sequence[GenerationRequest],
         images: Sequence[Mapping[str, Image]],
-        rows: int,
+        rows: int | None = None,
         on_step: Callable[[int, int], bool] | None = None,
     ) -> tuple[list[list[Image]], list[list[bool]]]:
-        """Each request's images, and per image whether the safety checker replaced it."""
+        """Each request's images, and per image whether the safety checker replaced it: one
+        call of them all, or calls of exactly `rows` images (padded)."""
         ...
 
 
@@ -89,6 +92,7 @@ class Worker:
         self.lease_s = lease_s
         self.device = device
         self.max_batch = max_batch
+        #: How long a batch that found company waits for more of a burst still arriving.
         self.batch_wait = batch_wait
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         #: Set when a shutdown's drain time is up: the batch in hand stops at its next step and
@@ -129,7 +133,7 @@ class Worker:
                 if time.monotonic() - last_seen > PRESENCE_S:
                     self.queue.worker_seen(self.id, "ready")
                     last_seen = time.monotonic()
-                self.queue.wait_for_work(IDLE_POLL_S)
+                self.queue.wait_for_work(IDLE_WAIT_S)
                 outage_wait = OUTAGE_RETRY_S
             except DatabaseUnavailable as exc:
                 # Ride the outage out: a job in hand that could not be recorded comes back
@@ -143,33 +147,32 @@ class Worker:
     def run_once(self) -> bool:
         """Claim and run one batch; False when the queue had nothing for us."""
         for models in self.affinity.claim_order(self.engines.loaded):
-            jobs = self.queue.claim(self.id, lease_s=self.lease_s, limit=1, models=models)
+            jobs = self.queue.claim(self.id, lease_s=self.lease_s, models=models)
             if jobs:
                 self.queue.worker_seen(self.id, "busy")
                 self.process(jobs + self._gather(jobs[0]))
                 return True
         return False
 
-    def rows_for(self, request: GenerationRequest) -> int:
-        if request.task is Task.UPSCALE:
-            # One image per call: an upscale's cost is its decode at 4x, which batching does
-            # not share, and a lone job then never waits for company or pads a call.
-            return 1
-        return rows_for(self.device, request.width, request.height, self.max_batch)
+    def cap(self, request: GenerationRequest) -> int:
+        """The most images a call for the request's batch key makes (sdapi.batching)."""
+        return cap_for(request, self.device, self.max_batch)
 
     def _gather(self, head: Job) -> list[Job]:
-        """More queued jobs with the head's batch key, while the batch has room for them."""
-        room = self.rows_for(head.request) - head.request.samples
+        """The queued jobs with the head's batch key that fit in its call: none waits for
+        company. Only when some were found, so a burst is arriving, does the batch wait
+        `batch_wait` for more of it, if it still has room."""
+        room = self.cap(head.request) - head.request.samples
         gathered: list[Job] = []
         for attempt in range(2):
-            if room <= 0:
+            if room <= 0 or (attempt and not gathered):
                 break
             if attempt and self.batch_wait:
-                time.sleep(self.batch_wait)  # a burst may still be arriving
+                time.sleep(self.batch_wait)
             more = self.queue.claim(
                 self.id,
                 lease_s=self.lease_s,
-                limit=room,
+                images=room,
                 models=[head.request.model],
                 batch_key=head.request.batch_key,
             )
@@ -204,8 +207,10 @@ class Worker:
                 for job, images in zip(jobs, outputs, strict=True)
                 if self._store(job, images, keeper)
             ]
+        seconds = time.monotonic() - started
         nsfw = {job.id: any(flagged) for job, flagged in zip(jobs, flags, strict=True)}
-        self._complete(stored, time.monotonic() - started, self._padded_rows(jobs), nsfw)
+        self._complete(stored, seconds, self._call_size(jobs), nsfw)
+        self._learn(jobs, seconds)
         self._count_batch(jobs)
 
     def _generate(
@@ -221,7 +226,8 @@ class Worker:
         inputs = [self._load_inputs(request) for request in requests]
         try:
             engine = self.engines.get(requests[0].model)
-            rows = self.rows_for(requests[0])
+            # Padded only when the requests ask for an exact call size (sdapi.batching).
+            rows = requests[0].call_size
             return engine.generate_batch_checked(requests, inputs, rows, on_step)
         except Exception:
             if self._must_stop(keeper):  # the engine stopped because on_step said so
@@ -259,32 +265,43 @@ class Worker:
         except Exception:
             log.warning("jobs %s: could not record the batch metrics", [j.id for j in jobs])
 
-    def _padded_rows(self, jobs: list[Job]) -> int:
-        """Image rows the batch's calls really ran, padding included."""
-        rows = self.rows_for(jobs[0].request)
-        return len(plan_calls([job.request for job in jobs], rows)) * rows
+    @staticmethod
+    def _call_size(jobs: list[Job]) -> int:
+        """Images the batch's call computed, padding included (a batch is one call)."""
+        return jobs[0].request.call_size or sum(job.request.samples for job in jobs)
 
     def _complete(
-        self, jobs: list[Job], seconds: float, rows: int, nsfw: Mapping[int, bool]
+        self, jobs: list[Job], seconds: float, call_size: int, nsfw: Mapping[int, bool]
     ) -> None:
-        """Record success; each job teaches the rate the cost of its own rows.
-
-        Per row, padding included: a job alone in a call of 4 costs a quarter of the call, as
-        it would in a full batch, so one lone job does not teach the queue a rate 4x too slow.
-        """
+        """Record success: every job of the batch ended when its call did."""
         for job in jobs:
-            share = seconds * job.request.samples / rows
             if self.queue.complete(
                 job.id,
                 job.lease_id or "",
                 generation_seconds=seconds,
-                cost_seconds=share,
-                call_rows=self.rows_for(job.request),
+                call_size=call_size,
                 nsfw=nsfw[job.id],
             ):
                 log.info("job %s: success in %.2f s", job.id, seconds)
             else:
                 log.warning("job %s: finished but its lease had moved on; result dropped", job.id)
+
+    def _learn(self, jobs: list[Job], seconds: float) -> None:
+        """Teach the queue what the call cost (sdapi.costs), for the ETAs; losing it must never
+        cost a job anything."""
+        head = jobs[0].request
+        padded = self._call_size(jobs) / sum(job.request.samples for job in jobs)
+        call = Call(sum(job.request.work_units for job in jobs) * padded, head.call_steps, seconds)
+        try:
+            self.queue.record_call(
+                head.batch_key,
+                rate_key(head.model, head.task),
+                call,
+                cap=self.cap(head),
+                prior=prior_for(self.device),
+            )
+        except Exception:
+            log.warning("jobs %s: could not record the call's time", [j.id for j in jobs])
 
     def _load_inputs(self, request: GenerationRequest) -> dict[str, Image]:
         from io import BytesIO

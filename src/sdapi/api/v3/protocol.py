@@ -33,6 +33,8 @@ EXPIRED_MESSAGE = "Request expired: its images were removed at the end of their 
 FACE_ENHANCE_NOTE = "face_enhance is not supported: faces were upscaled like the rest"
 
 MAX_SAMPLES = 4
+#: The most images a request may ask one pipeline call to compute (`call_size`).
+MAX_CALL_SIZE = 16
 MAX_PROMPT_CHARS = 5000
 MAX_SEED = 2**64 - 1
 #: Job ids are 64-bit signed in every queue (SQLite INTEGER, PostgreSQL BIGINT).
@@ -75,6 +77,8 @@ class GenerationParams:
     safety_checker: bool = False
     safety_checker_type: str = "sensitive_content_text"
     clip_skip: int | None = None
+    #: sdapi: pipeline calls of exactly this many images (sdapi.batching), to reproduce bytes.
+    call_size: int | None = None
     #: Prompt rewriting, pipeline variants, second passes, VAE, token merging (options.py).
     options: Options = field(default_factory=Options)
 
@@ -264,6 +268,15 @@ def generation_fields(settings: Settings, task: Task) -> list[Field]:
             description="sdapi: also POST progress events (best effort) while the job runs.",
         ),
         Field(
+            "call_size",
+            "int",
+            minimum=1,
+            maximum=MAX_CALL_SIZE,
+            description="sdapi: compute the images in pipeline calls of exactly this many (at"
+            " least samples; padded when fewer jobs share them). An image's bytes depend on"
+            " its call's size: the call_size of an earlier result's meta reproduces it.",
+        ),
+        Field(
             "deadline",
             "float",
             minimum=1,
@@ -324,13 +337,22 @@ def _check_model_id(model_id: str | None, settings: Settings) -> None:
 
 
 def _check_pixels(values: dict[str, Any], settings: Settings) -> None:
-    """The output's pixels (upscale multiplies both sides) times samples, within the cap."""
+    """The output's pixels (upscale multiplies both sides) times samples, within the cap; an
+    exact call size, which computes that many images, counts instead of samples."""
     factor = values["options"].upscale
-    pixels = values["width"] * values["height"] * values["samples"] * factor * factor
+    call_size = values["call_size"]
+    if call_size is not None and call_size < values["samples"]:
+        raise ValidationFailed.one(
+            "call_size",
+            f"The call size must be at least samples (this request asks for {call_size} and"
+            f" {values['samples']}).",
+        )
+    images, field = (call_size, "call_size") if call_size else (values["samples"], "samples")
+    pixels = values["width"] * values["height"] * images * factor * factor
     if pixels > settings.max_job_pixels:
         raise ValidationFailed.one(
-            "samples",
-            f"The width x height x samples{' x upscale²' if factor > 1 else ''} must be at most"
+            field,
+            f"The width x height x {field}{' x upscale²' if factor > 1 else ''} must be at most"
             f" {settings.max_job_pixels} pixels (this request asks for {pixels}).",
         )
 

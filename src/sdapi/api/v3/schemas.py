@@ -48,6 +48,11 @@ class Meta(_Answer):
     upscale: Literal["no", "2", "3"] | None = Field(None, description="The output's factor.")
     vae: str | None = Field(None, description="The VAE decoded with; default: the model's.")
     tomesd: Literal["yes", "no"] | None = None
+    call_size: int | None = Field(
+        None,
+        description="sdapi: how many images the pipeline call that made these computed (an"
+        " image's bytes depend on it); send it as call_size to reproduce them bit for bit.",
+    )
 
 
 class UpscaleMeta(Meta):

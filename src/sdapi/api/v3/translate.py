@@ -74,6 +74,20 @@ def meta(job: Job, links: Links, wire: Wire = V3) -> dict[str, Any]:
         data["init_image"] = _echo_image(job, links, "init_image", r.init_image)
     if r.task is Task.INPAINT:
         data["mask_image"] = _echo_image(job, links, "mask_image", r.mask_image)
+    data |= model_meta(job)
+    data |= option_meta(job)
+    if job.track_id is not None:
+        data["track_id"] = job.track_id
+    if job.webhook is not None:
+        data["webhook"] = job.webhook
+    return data
+
+
+def model_meta(job: Job) -> dict[str, Any]:
+    """What shaped the model's call beyond the basics: safety checker, adapters, clip_skip,
+    and the size of the call the images were computed in (what reproduces their bytes)."""
+    r = job.request
+    data: dict[str, Any] = {}
     if r.safety_checker:
         data["safety_checker_type"] = r.safety_checker_type
     if r.loras:
@@ -83,11 +97,8 @@ def meta(job: Job, links: Links, wire: Wire = V3) -> dict[str, Any]:
         data["embeddings_model"] = ",".join(r.embeddings)
     if r.clip_skip is not None:
         data["clip_skip"] = r.clip_skip
-    data |= option_meta(job)
-    if job.track_id is not None:
-        data["track_id"] = job.track_id
-    if job.webhook is not None:
-        data["webhook"] = job.webhook
+    if call_size := job.call_size or r.call_size:
+        data["call_size"] = call_size
     return data
 
 
