@@ -21,10 +21,11 @@ from dataclasses import dataclass
 
 from sdapi.jobs import GenerationRequest, Task
 
-#: Most images per call on a CPU, by image area (bench/call_sizes.py measures the curve on 2
-#: cores: per image, 4 at once take 0.37x the time of one at 64 px, 0.8x at 256 px, 0.85x at
-#: 512 px, where larger calls only delay the first of their jobs).
-CPU_CAPS = ((64 * 64, 8), (128 * 128, 4), (256 * 256, 4), (512 * 512, 2))
+#: Most images per call on a CPU, by image area. bench/call_sizes.py measured the built-in
+#: model on 2 cores, 20 steps: per image, a call of 8 takes 0.26x the time of a call of 1 at
+#: 64 px and 0.36x at 128 px; a call of 4 takes 0.67x at 256 px (8: 0.63x, too little more to
+#: make the first job wait for); at 512 px a call of 4 takes 0.96x: no gain, so no sharing.
+CPU_CAPS = ((128 * 128, 8), (256 * 256, 4))
 #: On a GPU: larger for small images, down to 2 at 1024x1024 (to measure on the first card
 #: lent: bench/gpu.sh prints the curve).
 GPU_CAPS = ((512 * 512, 8), (768 * 768, 4), (1024 * 1024, 2))

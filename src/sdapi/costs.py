@@ -68,9 +68,10 @@ class Cost:
 
 
 #: Priors by device, until a deployment has measured its own calls. The CPU one is the built-in
-#: tiny model on 2 cores (a real model on a CPU is ~15x slower, learned within a few jobs);
-#: the GPU one is a 1.5 GB UNet in fp16 on a current card.
-PRIOR_CPU = Cost(overhead=0.2, per_step=0.03, per_unit=0.4)
+#: tiny model on 2 cores (bench/call_sizes.py: 0.1-0.15 s a unit at 256-512 px; a real model
+#: on a CPU is ~30x slower, learned from its first job); the GPU one a 1.5 GB UNet in fp16 on
+#: a current card.
+PRIOR_CPU = Cost(overhead=0.2, per_step=0.02, per_unit=0.14)
 PRIOR_GPU = Cost(overhead=0.05, per_step=0.01, per_unit=0.03)
 
 

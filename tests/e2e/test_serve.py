@@ -258,3 +258,36 @@ def test_a_running_job_is_cancelled_within_seconds(served: Served) -> None:
         "/api/v3/text2img", {"prompt": "next", "width": 64, "height": 64, "num_inference_steps": 2}
     )
     assert after["status"] == "success"
+
+
+def test_a_batched_job_is_reproduced_bit_for_bit_by_its_call_size(served: Served) -> None:
+    """Two compatible jobs that queue behind a busy worker share a call; meta says its size,
+    and the same request sent alone with that call_size gives back the same bytes."""
+    busy = {"prompt": "busy", "width": 256, "height": 256, "num_inference_steps": 20}
+    served.post("/api/v3/text2img", {**busy, "instant_response": True})
+    body = {"width": 64, "height": 64, "num_inference_steps": 4, "instant_response": True}
+    ids = [
+        served.post("/api/v3/text2img", {**body, "prompt": f"pair {n}", "seed": n})["id"]
+        for n in (1, 2)
+    ]
+    first, second = (served.wait_done(job_id) for job_id in ids)
+    assert first["meta"]["call_size"] == second["meta"]["call_size"] == 2
+    again = served.post(
+        "/api/v3/text2img", {**body, "prompt": "pair 1", "seed": 1, "call_size": 2}
+    )
+    again = served.wait_done(again["id"])
+    assert again["meta"]["call_size"] == 2
+    assert download_bytes(served, again["output"][0]) == download_bytes(served, first["output"][0])
+    alone = served.wait_done(served.post("/api/v3/text2img", {**body, "prompt": "x"})["id"])
+    assert alone["meta"]["call_size"] == 1, "a lone job runs in a call of its own size"
+
+
+def test_a_call_size_smaller_than_samples_is_refused(served: Served) -> None:
+    answer = served.post("/api/v3/text2img", {"prompt": "x", "samples": 2, "call_size": 1})
+    assert answer["status"] == "error" and "call_size" in str(answer["message"])
+
+
+def download_bytes(served: Served, url: str) -> bytes:
+    response = served.http.get(url)
+    assert response.status_code == 200
+    return response.content

@@ -11,9 +11,9 @@ from tests.helpers import make_request
 
 def test_caps_by_device_and_size() -> None:
     assert call_cap("cpu", 64, 64) == 8
+    assert call_cap("cpu", 128, 128) == 8
     assert call_cap("cpu", 256, 256) == 4
-    assert call_cap("cpu", 512, 512) == 2
-    assert call_cap("cpu", 1024, 1024) == 1
+    assert call_cap("cpu", 512, 512) == 1
     assert call_cap("cuda:0", 512, 512) == 8
     assert call_cap("cuda", 1024, 1024) == 2
     assert call_cap("cuda", 1024, 1536) == 1

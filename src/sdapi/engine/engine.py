@@ -19,6 +19,8 @@ replaced; `generate_batch_checked` also says which.
 
 from __future__ import annotations
 
+import copy
+import functools
 import inspect
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -52,9 +54,11 @@ if TYPE_CHECKING:
 #: on_step(step_done, total_steps) -> False to cancel.
 StepCallback = Callable[[int, int], bool]
 #: The warm-up call at load: one image this many pixels a side (twice for SD3's patches), so
-#: small it costs little on any device, and two steps (second-order schedulers need two).
+#: small it costs little on any device, and three steps: with --compile, a step count equal to
+#: the UNet's batch (2 with guidance) would let the compiled graph assume they are always equal
+#: and compile again on the first real call.
 WARM_UP_SIZE = 64
-WARM_UP_STEPS = 2
+WARM_UP_STEPS = 3
 
 
 class GenerationCancelled(Exception):
@@ -119,6 +123,8 @@ class Engine:
         self._variants: dict[str, DiffusionPipeline] = {}
         self._scheduler_config: dict[str, Any] = {}
         self._default_scheduler: type[SchedulerMixin] | None = None
+        #: Schedulers as built for each setting, copied for every call (`_fresh_scheduler`).
+        self._schedulers: dict[tuple[Any, ...], SchedulerMixin] = {}
         #: "sd", "sdxl", "sd3" once loaded; None before, or for other kinds of pipeline.
         self.family: Family | None = None
         # Reentrant: generate() holds it while calling load().
@@ -168,6 +174,7 @@ class Engine:
         with self._lock:
             self._pipes.clear()
             self._variants.clear()
+            self._schedulers.clear()
             self._adapters.reset()
             self._vaes.reset()
             release_device_memory(self.device)
@@ -352,7 +359,17 @@ class Engine:
         return {"clip_skip": skip}
 
     def _fresh_scheduler(self, request: GenerationRequest) -> SchedulerMixin:
-        """A new scheduler for one call; the batch's requests share these settings (batch key)."""
+        """A new scheduler for one call; the batch's requests share these settings (batch key).
+
+        Built from the config once per setting, then copied: a copy is a fresh scheduler (they
+        keep state between steps) at a fifth of from_config's cost, paid on every call.
+        """
+        key = (request.scheduler, request.task, request.use_karras_sigmas, request.algorithm_type)
+        if key not in self._schedulers:
+            self._schedulers[key] = self._new_scheduler(request)
+        return copy.deepcopy(self._schedulers[key])
+
+    def _new_scheduler(self, request: GenerationRequest) -> SchedulerMixin:
         if request.scheduler is None and not _scheduler_options(request):
             assert self._default_scheduler is not None  # set by load()
             return self._default_scheduler.from_config(self._scheduler_config)
@@ -525,7 +542,13 @@ def _keep_unmasked(image: Image.Image, init: Image.Image, mask: Image.Image) -> 
 
 
 def _accepts(pipe: DiffusionPipeline, parameter: str) -> bool:
-    return parameter in inspect.signature(pipe.__call__).parameters
+    return parameter in _call_parameters(type(pipe))
+
+
+@functools.cache
+def _call_parameters(pipeline_class: type) -> frozenset[str]:
+    # Read once per class: inspect.signature on every call showed in the lone request's time.
+    return frozenset(inspect.signature(pipeline_class.__call__).parameters)
 
 
 def _refining(request: GenerationRequest) -> GenerationRequest:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -212,17 +213,8 @@ CLAIM_COLUMNS = "id, batch_key, images"
 
 
 def pending_from_row(row: Row) -> Pending:
-    return Pending(
-        batch_key=row["batch_key"],
-        rate_key=row["rate_key"],
-        worker_id=row["worker_id"],
-        jobs=row["jobs"],
-        images=row["images"],
-        units=row["units"],
-        steps=row["steps"],
-        started_at=row["started_at"],
-        progress=row["progress"],
-    )
+    """A PENDING or AHEAD row: its columns are named after Pending's fields."""
+    return Pending(*(row[f.name] for f in dataclasses.fields(Pending)))
 
 
 def queue_stats(groups: Sequence[Pending], live_workers: int) -> QueueStats:

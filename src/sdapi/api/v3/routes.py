@@ -71,8 +71,10 @@ async def _answer(
 ) -> dict[str, Any]:
     """The job once it ended within the sync window, or as it stands then."""
     job = await state.submissions.wait(job, 0.0 if instant else state.settings.sync_timeout)
-    wait = await run_in_threadpool(wait_for, state.backends.queue, job)
-    return translate.submitted(job, wait.eta, _links(state, request, wire), wire)
+    eta = 0.0
+    if not job.status.is_terminal:  # an ended job is answered without reading the queue again
+        eta = (await run_in_threadpool(wait_for, state.backends.queue, job)).eta
+    return translate.submitted(job, eta, _links(state, request, wire), wire)
 
 
 def _links(state: AppState, request: Request, wire: Wire) -> translate.Links:
