@@ -272,9 +272,7 @@ def test_a_batched_job_is_reproduced_bit_for_bit_by_its_call_size(served: Served
     ]
     first, second = (served.wait_done(job_id) for job_id in ids)
     assert first["meta"]["call_size"] == second["meta"]["call_size"] == 2
-    again = served.post(
-        "/api/v3/text2img", {**body, "prompt": "pair 1", "seed": 1, "call_size": 2}
-    )
+    again = served.post("/api/v3/text2img", {**body, "prompt": "pair 1", "seed": 1, "call_size": 2})
     again = served.wait_done(again["id"])
     assert again["meta"]["call_size"] == 2
     assert download_bytes(served, again["output"][0]) == download_bytes(served, first["output"][0])
