@@ -50,7 +50,11 @@ def test_without_a_folder_to_listen_in_a_wait_is_a_sleep(tmp_path: Path) -> None
 
 
 def test_the_folder_sits_beside_the_database_unless_its_path_is_too_long(tmp_path: Path) -> None:
-    assert folder_for(tmp_path / "sdapi.db") == tmp_path.resolve() / "sdapi.db.wake"
+    short = Path(tempfile.mkdtemp(prefix="sd"))  # pytest's own tmp_path may already be too long
+    try:
+        assert folder_for(short / "sdapi.db") == short.resolve() / "sdapi.db.wake"
+    finally:
+        short.rmdir()
     deep = tmp_path / ("d" * 60) / ("e" * 60) / "sdapi.db"
     moved = folder_for(deep)
     assert moved.parent == Path(tempfile.gettempdir()) and moved.name.startswith("sdapi-wake-")
