@@ -3,7 +3,7 @@
 For each option (panorama, self_attention, highres_fix, upscale 2, tomesd, a VAE from the
 models folder), the engine makes the same images (model, prompt, seeds, steps) with and without
 it, and prints seconds per image and the ratio to plain, beside the cost the server's ETA
-assumes for it (sdapi.jobs.GenerationRequest.work_units). Rounds alternate the order (plain
+assumes for it (sdapi.catalog.work.work_units). Rounds alternate the order (plain
 first, then the option first) so a machine whose speed drifts slows both alike; every shape is
 made once before timing, so no pipeline derivation or first call is counted.
 
@@ -25,6 +25,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from sdapi.catalog.work import work_units
 from sdapi.engine import passes
 from sdapi.engine.engine import Engine
 from sdapi.engine.tiny import _seeded, _vae
@@ -98,7 +99,7 @@ def _measure(
             engine.generate(request)
             times[label].append(time.perf_counter() - start)
     name = _name(plain, option)
-    assumed = option.work_units / plain.work_units
+    assumed = work_units(option) / work_units(plain)
     size = f"{option.width}x{option.height}"
     plain_s, option_s = (statistics.median(times[label]) for label in ("plain", "option"))
     return name, size, plain_s, option_s, assumed

@@ -19,9 +19,9 @@ import click
 from pydantic import ValidationError
 
 from sdapi import __version__, logs
-from sdapi.engine.families import FAMILIES
+from sdapi.catalog.families import FAMILIES
+from sdapi.catalog.registry import MODELS_FILE_ENV, Defaults, ModelEntry, Registry
 from sdapi.errors import ConfigurationError
-from sdapi.registry import MODELS_FILE_ENV, Defaults, ModelEntry, Registry
 from sdapi.settings import Settings
 
 if TYPE_CHECKING:
@@ -244,8 +244,7 @@ def serve(**flags: Any) -> None:
     from sdapi.api.app import create_app
     from sdapi.api.serving import serve_app
     from sdapi.backends import open_backends
-    from sdapi.engine.models import check_model_ref
-    from sdapi.engine.upscale import check_upscaler_ref
+    from sdapi.catalog.models import check_model_ref, check_upscaler_ref
     from sdapi.translation import check_translator_ref
     from sdapi.webhooks.secret import server_secret
     from sdapi.worker.process import WorkerSupervisor
@@ -447,7 +446,7 @@ def _listed(registry: Registry, settings: Settings) -> list[ModelEntry]:
 
 
 def _model_row(entry: ModelEntry, registry: Registry, settings: Settings) -> tuple[str, ...]:
-    from sdapi.engine.models import model_family
+    from sdapi.catalog.models import model_family
 
     family = model_family(entry.id, settings.models_dir, registry) or "?"
     served = {settings.default_model: "default", **dict.fromkeys(settings.model[1:], "yes")}
@@ -509,7 +508,7 @@ def _stored_source(source: str) -> str:
 def _checked_entry(entry: ModelEntry, registry: Registry, settings: Settings) -> ModelEntry:
     """`entry` once its source is checked, with the family the source shows when none was
     given; ConfigurationError when the source is missing, unusable, or of another family."""
-    from sdapi.engine.models import check_model_ref, model_family
+    from sdapi.catalog.models import check_model_ref, model_family
 
     added = registry.with_entry(entry)  # the id, family and defaults
     check_model_ref(entry.id, added, settings.models_dir)

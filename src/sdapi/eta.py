@@ -15,8 +15,9 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from sdapi.catalog.work import DECODE_STEPS, batch_key, call_steps, work_units
 from sdapi.costs import PRIOR_CPU, Cost
-from sdapi.jobs import DECODE_STEPS, Job, JobStatus, Pending
+from sdapi.jobs import Job, JobStatus, Pending
 from sdapi.queue.base import ANY_KEY, JobQueue, Learned, rate_key
 
 
@@ -85,7 +86,7 @@ def _running(queue: JobQueue, job: Job) -> float:
     batch = [
         group
         for group in queue.stats().pending
-        if group.worker_id == job.worker_id and group.batch_key == job.request.batch_key
+        if group.worker_id == job.worker_id and group.batch_key == batch_key(job.request)
     ]
     group = batch[0] if batch and job.worker_id is not None else _own_group(job, running=True)
     return Prices(queue, [group]).remaining(group)
@@ -94,13 +95,13 @@ def _running(queue: JobQueue, job: Job) -> float:
 def _own_group(job: Job, running: bool = False) -> Pending:
     request = job.request
     return Pending(
-        batch_key=request.batch_key,
+        batch_key=batch_key(request),
         rate_key=rate_key(request.model, request.task),
         worker_id=job.worker_id if running else None,
         jobs=1,
         images=request.samples,
-        units=request.work_units,
-        steps=request.call_steps,
+        units=work_units(request),
+        steps=call_steps(request),
         started_at=job.started_at,
         progress=job.progress,
     )

@@ -58,8 +58,8 @@ class Settings(BaseSettings):
     #: Models served: `sdapi-tiny`, Hugging Face repo ids or local diffusers folders. The first
     #: is the house model of v3 calls without `model_id`; workers keep as many loaded as fit.
     model: Annotated[tuple[str, ...], NoDecode] = (DEFAULT_MODEL,)
-    #: The model registry (sdapi.registry): `[models.<id>]` tables naming each model's source,
-    #: family and request defaults; `--model` takes their ids. Empty means
+    #: The model registry (sdapi.catalog.registry): `[models.<id>]` tables naming each model's
+    #: source, family and request defaults; `--model` takes their ids. Empty means
     #: `<data_dir>/models.toml` (a missing file is an empty registry).
     models_file: str = ""
     #: The x4 upscaler behind super_resolution, served by every worker beside its models:

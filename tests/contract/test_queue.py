@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from sdapi.catalog.work import batch_key, work_units
 from sdapi.costs import OBSERVATIONS, PRIOR_CPU, Call, Cost, fit
 from sdapi.jobs import JobStatus, Pending
 from sdapi.queue.base import ANY_KEY, JobQueue, NewJob, WorkerInfo
@@ -60,7 +61,7 @@ def test_a_claim_takes_whole_jobs_while_their_images_fit(queue: JobQueue) -> Non
     # The first job is taken whatever its size; the next ones only while they fit, in order.
     assert [j.id for j in queue.claim("w", lease_s=LEASE, images=2)] == [big]
     assert [j.id for j in queue.claim("w", lease_s=LEASE, images=2)] == [two]
-    key = make_request().batch_key
+    key = batch_key(make_request())
     assert queue.claim("w", lease_s=LEASE, images=0, batch_key=key) == []  # gathering: fits only
 
 
@@ -152,8 +153,8 @@ def test_position_counts_queued_jobs_ahead_and_the_work_left(queue: JobQueue) ->
     [running] = queue.claim("w", lease_s=LEASE)
     assert running.id == a
     assert queue.heartbeat(running.lease_id or "", lease_s=LEASE, progress=0.5) == 1
-    unit = make_request().work_units
-    key, model_key = make_request().batch_key, "sdapi-tiny|text2img"
+    unit = work_units(make_request())
+    key, model_key = batch_key(make_request()), "sdapi-tiny|text2img"
     line_b = queue.position(b)
     assert line_b is not None and line_b.place == 1
     assert line_b.ahead == (
@@ -175,7 +176,7 @@ def test_stats_and_live_workers(queue: JobQueue, clock: FakeClock) -> None:
     queue.register_worker(WorkerInfo("w", "host", 1, "cpu", "sdapi-tiny"))
     stats = queue.stats()
     assert (stats.queued, stats.processing, stats.live_workers) == (1, 1, 1)
-    assert stats.pending_work == pytest.approx(2 * make_request().work_units)
+    assert stats.pending_work == pytest.approx(2 * work_units(make_request()))
     line = queue.position(2)
     assert line is not None and line.workers == 1
     clock.advance(60)
@@ -187,7 +188,7 @@ def test_stats_and_live_workers(queue: JobQueue, clock: FakeClock) -> None:
 
 
 def test_costs_are_learned_from_the_calls_workers_record(queue: JobQueue) -> None:
-    key, model_key = make_request().batch_key, "sdapi-tiny|text2img"
+    key, model_key = batch_key(make_request()), "sdapi-tiny|text2img"
     assert queue.costs([key, model_key, ANY_KEY]) == {}
     calls = [Call(units, 20, 0.2 + 0.03 * 20 + 0.4 * units) for units in (0.1, 0.5, 2.0)]
     for call in calls:
@@ -202,7 +203,7 @@ def test_costs_are_learned_from_the_calls_workers_record(queue: JobQueue) -> Non
 
 
 def test_only_the_latest_calls_are_kept(queue: JobQueue) -> None:
-    key, model_key = make_request().batch_key, "sdapi-tiny|text2img"
+    key, model_key = batch_key(make_request()), "sdapi-tiny|text2img"
     for _ in range(OBSERVATIONS):
         queue.record_call(key, model_key, Call(1.0, 20, 100.0), cap=1, prior=PRIOR_CPU)
     for _ in range(OBSERVATIONS):  # the machine got 100x faster: the old calls are forgotten
@@ -223,7 +224,7 @@ def test_claim_can_gather_one_batch_key(queue: JobQueue) -> None:
     other = submit(queue, width=128)
     first = submit(queue)
     second = submit(queue, prompt="same key", seed=9)
-    key = make_request().batch_key
+    key = batch_key(make_request())
     claimed = queue.claim("w", lease_s=LEASE, images=5, batch_key=key)
     assert [j.id for j in claimed] == [first, second]
     assert queue.claim("w", lease_s=LEASE, batch_key=key) == []
@@ -245,11 +246,11 @@ def test_stats_group_pending_work_by_key_and_worker(queue: JobQueue) -> None:
     queue.claim("w", lease_s=LEASE)
     model_key = "sdapi-tiny|text2img"
     groups = sorted(queue.stats().pending, key=lambda g: (g.batch_key, g.worker_id or ""))
-    unit, wide = make_request().work_units, make_request(width=128).work_units
+    unit, wide = work_units(make_request()), work_units(make_request(width=128))
     assert [(g.batch_key, g.rate_key, g.worker_id, g.jobs, g.images) for g in groups] == [
-        (make_request(width=128).batch_key, model_key, None, 1, 1),
-        (make_request().batch_key, model_key, None, 1, 2),
-        (make_request().batch_key, model_key, "w", 1, 1),
+        (batch_key(make_request(width=128)), model_key, None, 1, 1),
+        (batch_key(make_request()), model_key, None, 1, 2),
+        (batch_key(make_request()), model_key, "w", 1, 1),
     ]
     assert [g.units for g in groups] == pytest.approx([wide, 2 * unit, unit])
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from sdapi.catalog.builtins import TINY_MODEL_ID, TINY_SD3_MODEL_ID, TINY_SDXL_MODEL_ID
+from sdapi.catalog.families import SD, SD3, SDXL
 from sdapi.engine.engine import Engine
-from sdapi.engine.families import SD, SD3, SDXL
-from sdapi.engine.tiny import TINY_MODEL_ID, TINY_SD3_MODEL_ID, TINY_SDXL_MODEL_ID
 
 #: The built-in tiny model of each family.
 MODELS = {SD: TINY_MODEL_ID, SDXL: TINY_SDXL_MODEL_ID, SD3: TINY_SD3_MODEL_ID}

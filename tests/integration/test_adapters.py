@@ -17,10 +17,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from sdapi.catalog.builtins import TINY_MODEL_ID
+from sdapi.catalog.families import SD, SD3, SDXL
 from sdapi.engine import adapter_loader
 from sdapi.engine.engine import Engine
-from sdapi.engine.families import SD, SD3, SDXL
-from sdapi.engine.tiny import TINY_MODEL_ID
 from sdapi.jobs import GenerationRequest, Task
 from tests.integration.conftest import MODELS
 from tests.integration.test_engine import noise_image, png, request

@@ -81,7 +81,7 @@ def test_progress_runs_over_every_call(engine: Engine) -> None:
 
 
 def test_an_engine_reports_its_weights_and_can_be_unloaded(models_dir) -> None:  # type: ignore[no-untyped-def]
-    from sdapi.engine.tiny import TINY_MODEL_ID
+    from sdapi.catalog.builtins import TINY_MODEL_ID
 
     engine = Engine(TINY_MODEL_ID, models_dir)
     assert engine.memory_bytes() == 0

@@ -13,14 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from sdapi.engine.checkpoints import checkpoint_family, checkpoint_kind, tensor_names
+from sdapi.catalog.builtins import TINY_MODEL_ID, TINY_SDXL_MODEL_ID
+from sdapi.catalog.checkpoints import checkpoint_family, checkpoint_kind, tensor_names
+from sdapi.catalog.families import SD, SDXL
+from sdapi.catalog.models import check_model_ref, model_family
+from sdapi.catalog.registry import MODELS_FILE_ENV, ModelEntry, Registry
 from sdapi.engine.engine import Engine
-from sdapi.engine.families import SD, SDXL
-from sdapi.engine.models import check_model_ref, model_family
-from sdapi.engine.tiny import TINY_MODEL_ID, TINY_SDXL_MODEL_ID, build_tiny_model
+from sdapi.engine.tiny import build_tiny_model
 from sdapi.errors import ConfigurationError
 from sdapi.jobs import Task
-from sdapi.registry import MODELS_FILE_ENV, ModelEntry, Registry
 from tests.integration.ldm_layout import save_checkpoint
 from tests.integration.test_engine import noise_image, png, request
 

@@ -17,11 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sdapi.catalog.builtins import TINY_MODEL_ID
+from sdapi.catalog.schedulers import SCHEDULERS, UNSUPPORTED, is_supported
 from sdapi.engine import tiny
 from sdapi.engine.engine import Engine, GenerationCancelled
 from sdapi.engine.models import resolve_model_source
-from sdapi.engine.schedulers import SCHEDULERS, UNSUPPORTED, is_supported, make_scheduler
-from sdapi.engine.tiny import TINY_MODEL_ID, build_tiny_model
+from sdapi.engine.schedulers import make_scheduler
+from sdapi.engine.tiny import build_tiny_model
 from sdapi.errors import ConfigurationError
 from sdapi.jobs import GenerationRequest, Task
 

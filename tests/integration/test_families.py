@@ -15,14 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sdapi.catalog.builtins import BUILTIN_MODELS
+from sdapi.catalog.families import SD, SD3, SDXL, family_of_folder
+from sdapi.catalog.models import model_family
+from sdapi.catalog.schedulers import supported_schedulers
+from sdapi.catalog.work import batch_key
 from sdapi.engine.engine import Engine
-from sdapi.engine.families import SD, SD3, SDXL, family_of_folder
-from sdapi.engine.models import model_family
-from sdapi.engine.schedulers import supported_schedulers
-from sdapi.engine.tiny import (
-    BUILTIN_MODELS,
-    build_tiny_model,
-)
+from sdapi.engine.tiny import build_tiny_model
 from sdapi.jobs import GenerationRequest, Task
 from tests.integration.conftest import MODELS
 from tests.integration.test_engine import center_mask, noise_image, pixels, png
@@ -217,7 +216,7 @@ def test_karras_sigmas_change_the_images(
     engine = engines[family]
     plain = request(family, task, scheduler=scheduler, steps=4)
     karras = replace(plain, use_karras_sigmas=True)
-    assert karras.batch_key != plain.batch_key
+    assert batch_key(karras) != batch_key(plain)
     images = engine.generate(karras, inputs())
     assert pixels(images[0]).std() > 1
     assert png(images[0]) != png(engine.generate(plain, inputs())[0])

@@ -27,6 +27,7 @@ import psycopg
 from sdapi.auth.keys import hash_key
 from sdapi.auth.postgres import PostgresKeyStore
 from sdapi.backends import open_database
+from sdapi.catalog.work import batch_key
 from sdapi.database.postgres import MIGRATIONS_PACKAGE, PostgresDatabase
 from sdapi.errors import ConfigurationError, DatabaseUnavailable
 from sdapi.jobs import Job, JobStatus
@@ -271,7 +272,7 @@ def test_claimers_on_separate_machines_take_each_job_exactly_once(
     assert sorted(claimed) == sorted(ids)  # every job, none twice
     assert len({name for name, _ in batches}) > 1  # the claims really did run side by side
     for name, jobs in batches:
-        assert len({j.request.batch_key for j in jobs}) == 1
+        assert len({batch_key(j.request) for j in jobs}) == 1
         assert len({j.lease_id for j in jobs}) == 1
         assert all(j.worker_id == name and j.attempts == 1 for j in jobs)
     with admin(postgres_url) as conn:

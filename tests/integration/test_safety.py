@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sdapi.catalog.builtins import TINY_MODEL_ID
 from sdapi.engine.engine import CheckedBatch, Engine
 from sdapi.engine.safety import (
     FLAG_ALL_CHECKER_ID,
@@ -22,7 +23,6 @@ from sdapi.engine.safety import (
     TINY_CHECKER_ID,
     build_tiny_checker,
 )
-from sdapi.engine.tiny import TINY_MODEL_ID
 from sdapi.errors import ConfigurationError
 from sdapi.jobs import Task
 from tests.integration.test_engine import center_mask, noise_image, pixels, png, request

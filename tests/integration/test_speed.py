@@ -14,10 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
+from sdapi.catalog.builtins import TINY_MODEL_ID, TINY_SDXL_MODEL_ID
 from sdapi.engine import speed
 from sdapi.engine.engine import Engine
 from sdapi.engine.models import load_pipeline
-from sdapi.engine.tiny import TINY_MODEL_ID, TINY_SDXL_MODEL_ID
 from tests.integration.test_engine import request
 
 pytestmark = pytest.mark.engine

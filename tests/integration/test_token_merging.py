@@ -14,10 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
+from sdapi.catalog.builtins import TINY_SD3_MODEL_ID, TINY_SDXL_MODEL_ID
+from sdapi.catalog.families import SD, SD3, SDXL
 from sdapi.engine import token_merging
 from sdapi.engine.engine import Engine, GenerationCancelled
-from sdapi.engine.families import SD, SD3, SDXL
-from sdapi.engine.tiny import TINY_SD3_MODEL_ID, TINY_SDXL_MODEL_ID
 from sdapi.engine.token_merging import (
     finest_attention_downsample,
     is_patched,

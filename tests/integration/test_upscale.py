@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sdapi.catalog.builtins import TINY_MODEL_ID, TINY_UPSCALER_ID
+from sdapi.catalog.models import UPSCALE_PIPELINE, check_upscaler_ref
 from sdapi.engine.engine import Engine, GenerationCancelled
-from sdapi.engine.tiny import TINY_MODEL_ID, TINY_UPSCALER_ID, build_tiny_upscaler
-from sdapi.engine.upscale import UPSCALE_PIPELINE, UpscaleEngine, check_upscaler_ref
+from sdapi.engine.tiny import build_tiny_upscaler
+from sdapi.engine.upscale import UpscaleEngine
 from sdapi.jobs import GenerationRequest, Task
 
 pytestmark = [

@@ -20,12 +20,12 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from sdapi.catalog.builtins import TINY_SD3_MODEL_ID
+from sdapi.catalog.families import SD, SD3
+from sdapi.catalog.vaes import VAE_DIR, check_vae, installed_vaes
 from sdapi.engine import tiny
 from sdapi.engine.engine import Engine, GenerationCancelled
-from sdapi.engine.families import SD, SD3
-from sdapi.engine.tiny import TINY_SD3_MODEL_ID
 from sdapi.engine.vae_loader import Vaes, swapped_vae
-from sdapi.engine.vaes import VAE_DIR, check_vae, installed_vaes
 from sdapi.jobs import Task
 from tests.integration.ldm_layout import vae_state
 from tests.integration.test_engine import center_mask, noise_image, png, request

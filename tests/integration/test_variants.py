@@ -13,10 +13,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from sdapi.catalog.builtins import TINY_SDXL_MODEL_ID
+from sdapi.catalog.families import SDXL
 from sdapi.engine import passes
 from sdapi.engine.engine import Engine
-from sdapi.engine.families import SDXL
-from sdapi.engine.tiny import TINY_SDXL_MODEL_ID, _seeded, _vae
+from sdapi.engine.tiny import _seeded, _vae
 from sdapi.jobs import Task
 from tests.integration.test_engine import png, request
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from sdapi.batching import Row, call_cap, cap_for, plan_calls
+from sdapi.catalog.work import batch_key
 from sdapi.jobs import Task
 from tests.helpers import make_request
 
@@ -44,5 +45,5 @@ def test_with_rows_calls_hold_that_many_images_in_order() -> None:
 
 def test_call_size_is_part_of_the_batch_key() -> None:
     plain = make_request()
-    assert "call_size" not in plain.batch_key
-    assert replace(plain, call_size=4).batch_key != plain.batch_key
+    assert "call_size" not in batch_key(plain)
+    assert batch_key(replace(plain, call_size=4)) != batch_key(plain)

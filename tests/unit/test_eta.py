@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from sdapi.catalog.work import batch_key, call_steps, work_units
 from sdapi.costs import PRIOR_CPU, Call, Cost
 from sdapi.eta import queue_time, wait_for
 from sdapi.jobs import GenerationRequest, Job
@@ -22,13 +23,13 @@ def enqueue(queue: MemoryQueue, **changes: object) -> Job:
 
 def teach(queue: MemoryQueue, request: GenerationRequest, seconds: float, cap: int = 1) -> None:
     """One call of `request` that took `seconds`, as a worker records it."""
-    call = Call(request.work_units, request.call_steps, seconds)
+    call = Call(work_units(request), call_steps(request), seconds)
     key = rate_key(request.model, request.task)
-    queue.record_call(request.batch_key, key, call, cap=cap, prior=PRIOR_CPU)
+    queue.record_call(batch_key(request), key, call, cap=cap, prior=PRIOR_CPU)
 
 
 def cost_of(request: GenerationRequest, cost: Cost = COST) -> float:
-    return cost.seconds(request.work_units, request.call_steps)
+    return cost.seconds(work_units(request), call_steps(request))
 
 
 def shapes() -> list[GenerationRequest]:
@@ -109,7 +110,7 @@ def test_queued_jobs_of_one_key_are_expected_to_share_calls_of_its_cap() -> None
         teach(queue, request, cost_of(request), cap=4)
     jobs = [enqueue(queue, steps=10, seed=s) for s in range(5)]
     # Four share the first call (one overhead and one set of steps), the fifth runs next.
-    pair = COST.seconds(4 * jobs[0].request.work_units, 10)
+    pair = COST.seconds(4 * work_units(jobs[0].request), 10)
     single = cost_of(jobs[0].request)
     assert wait_for(queue, jobs[4]).eta == pytest.approx(pair + single, rel=0.1)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sdapi.api.v3.fields import Field, read_fields
+from sdapi.api.v3.fields import read_fields
 from sdapi.api.v3.protocol import read_generation
 from sdapi.errors import ValidationFailed
+from sdapi.fields import Field
 from sdapi.jobs import Task
 from sdapi.settings import Settings
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdapi.engine.adapters import (
+from sdapi.catalog.adapters import (
     MAX_LORAS,
     available_embeddings,
     available_loras,
@@ -22,6 +20,7 @@ from sdapi.engine.adapters import (
     parse_embeddings,
     parse_loras,
 )
+from sdapi.catalog.work import batch_key
 from sdapi.engine.clip_skip import check_clip_skip, is_default, to_diffusers
 from sdapi.engine.safety import (
     SAFETY_CHECKER_ENV,
@@ -33,15 +32,6 @@ from sdapi.engine.safety import (
 from sdapi.errors import ConfigurationError
 from sdapi.jobs import GenerationRequest
 from tests.helpers import make_request
-
-
-def test_option_modules_do_not_import_torch() -> None:
-    code = (
-        "import sys; import sdapi.engine.adapters, sdapi.engine.clip_skip, sdapi.engine.safety;"
-        " sys.exit(bool({'torch', 'diffusers', 'transformers'} & set(sys.modules)))"
-    )
-    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
-
 
 # --- parsing the wire ---------------------------------------------------------------------------
 
@@ -242,10 +232,10 @@ def base_request() -> GenerationRequest:
 
 def test_options_enter_the_batch_key_only_when_set() -> None:
     plain = base_request()
-    assert plain.batch_key == "sdapi-tiny|text2img|64x64|2|default|7.5|None"  # unchanged
+    assert batch_key(plain) == "sdapi-tiny|text2img|64x64|2|default|7.5|None"  # unchanged
     # Defaults and mere presentation choices do not split batches.
-    assert replace(plain, clip_skip=1).batch_key == plain.batch_key
-    assert replace(plain, safety_checker_type="blur").batch_key == plain.batch_key
+    assert batch_key(replace(plain, clip_skip=1)) == batch_key(plain)
+    assert batch_key(replace(plain, safety_checker_type="blur")) == batch_key(plain)
     variants = [
         replace(plain, loras=(("a", 1.0),)),
         replace(plain, loras=(("a", 0.5),)),
@@ -254,13 +244,13 @@ def test_options_enter_the_batch_key_only_when_set() -> None:
         replace(plain, clip_skip=2),
         replace(plain, safety_checker=True),
     ]
-    keys = {plain.batch_key, *(variant.batch_key for variant in variants)}
+    keys = {batch_key(plain), *(batch_key(variant) for variant in variants)}
     assert len(keys) == len(variants) + 1
     assert all(key.split("|")[2] == "64x64" for key in keys)  # queue/rows.py reads the size
     # The order of a set does not matter: the engine applies them sorted.
     two = replace(plain, loras=(("b", 1), ("a", 0.5)), embeddings=("y", "x"))
     same = replace(plain, loras=(("a", 0.5), ("b", 1.0)), embeddings=("x", "y"))
-    assert two.batch_key == same.batch_key
+    assert batch_key(two) == batch_key(same)
 
 
 def test_options_survive_json_and_old_json_still_reads() -> None:

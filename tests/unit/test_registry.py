@@ -13,11 +13,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sdapi.cli import main
-from sdapi.engine.families import SD, SD3, SDXL
-from sdapi.engine.models import check_model_ref, model_family
-from sdapi.errors import ConfigurationError
-from sdapi.registry import (
+from sdapi.catalog.families import SD, SD3, SDXL
+from sdapi.catalog.models import check_model_ref, model_family
+from sdapi.catalog.registry import (
     MODELS_FILE_ENV,
     Defaults,
     ModelEntry,
@@ -26,6 +24,8 @@ from sdapi.registry import (
     format_registry,
     parse,
 )
+from sdapi.cli import main
+from sdapi.errors import ConfigurationError
 from sdapi.settings import Settings
 
 EXAMPLE = """\

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from sdapi.catalog.work import batch_key
 from sdapi.errors import DatabaseUnavailable
 from sdapi.jobs import JobStatus
 from sdapi.queue.base import NewJob
@@ -214,8 +215,8 @@ def test_a_lone_job_runs_in_a_call_of_its_own_size_and_teaches_its_cost() -> Non
     assert engine.rows == [None], "no padding: the call makes the job's 3 images, no more"
     job = queue.get(job_id)
     assert job is not None and job.call_size == 3
-    learned = queue.costs([job.request.batch_key, "sdapi-tiny|text2img"])
-    assert learned[job.request.batch_key].cap == 8
+    learned = queue.costs([batch_key(job.request), "sdapi-tiny|text2img"])
+    assert learned[batch_key(job.request)].cap == 8
     assert learned["sdapi-tiny|text2img"].cost is not None
 
 

@@ -17,9 +17,9 @@ from sdapi.api.submissions import Submissions
 from sdapi.api.v3 import routes as v3
 from sdapi.api.watch import JobWatch
 from sdapi.backends import Backends, open_backends
+from sdapi.catalog.registry import Registry
 from sdapi.limits import FailureThrottle
 from sdapi.metrics import LocalMetrics
-from sdapi.registry import Registry
 from sdapi.safeurl import UrlPolicy
 from sdapi.settings import Settings
 

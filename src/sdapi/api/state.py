@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
-from sdapi.api.submissions import Submissions
 from sdapi.backends import Backends
+from sdapi.catalog.registry import Registry
 from sdapi.limits import FailureThrottle, RateLimiter
-from sdapi.registry import Registry
 from sdapi.settings import Settings
+
+if TYPE_CHECKING:
+    from sdapi.api.submissions import Submissions
 
 
 @dataclass

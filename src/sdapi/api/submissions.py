@@ -187,18 +187,11 @@ class Submissions:
             guidance_scale=params.guidance_scale,
             seed=_seed(params),
             scheduler=params.scheduler,
-            use_karras_sigmas=params.use_karras_sigmas,
-            algorithm_type=params.algorithm_type,
-            loras=params.loras,
-            embeddings=params.embeddings,
-            safety_checker=params.safety_checker,
             safety_checker_type=params.safety_checker_type,
-            clip_skip=params.clip_skip,
-            call_size=params.call_size,
             strength=params.strength if task is not Task.TEXT2IMG else None,
             init_image=stored.get("init_image"),
             mask_image=stored.get("mask_image"),
-            **params.options.request_fields(),
+            **params.options.request,
         )
 
     def _upscale_request(

@@ -1,18 +1,46 @@
-"""The engine: runs real Hugging Face diffusers pipelines for the workers.
+"""The engine: real Hugging Face diffusers pipelines, imported by workers only.
 
-- `families`: SD 1.x/2.x ("sd"), SDXL and SD3, told from a pipeline or its folder (torch-free).
-- `schedulers`: the wire's scheduler names, the diffusers classes behind them per family, and
-  the validation of scheduler options (torch-free).
-- `models`: where a model comes from (built-in tiny model, local folder, hub repo id), its family
-  without loading it (torch-free), and loading.
-- `tiny`: the built-in `sdapi-tiny`, `sdapi-tiny-sdxl` and `sdapi-tiny-sd3` models, generated
-  offline from small configs.
-- `engine`: `Engine`, one loaded model that turns a `GenerationRequest` into images.
+Everything here may import torch and diffusers at module level: the API process never imports
+this package (an import contract in the tests says so); what it needs to know about models
+without loading them lives in sdapi.catalog.
 
-Importing this package, or `sdapi.engine.schedulers`, `.families` or `.models`, must not import
-torch or diffusers: the API process validates requests with them and has to start in about a
-second. Heavy imports happen inside
-the functions that need them.
+- `engine`: `Engine`, one loaded model that turns `GenerationRequest`s into images.
+- `models`, `checkpoints`: loading a model (folder, hub repo id, single file, built-in).
+- `tiny`: building the built-in tiny models offline.
+- `schedulers`: the diffusers scheduler a request's plan names.
+- `speed`: the GPU settings and --compile.
+- `adapter_loader`, `vae_loader`, `clip_skip`, `token_merging`, `variants`, `passes`, `safety`:
+  what the generation options do to a call.
+- `upscale`: the x4 upscaler behind super_resolution.
+- `cache`: several models loaded at once within a memory budget.
 """
 
 from __future__ import annotations
+
+import os
+import warnings
+
+#: Library log levels we force unless the operator set their own (e.g. "info" to debug loading).
+_VERBOSITY_VARS = ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY")
+# Set before transformers and diffusers are first imported: transformers warns about the missing
+# torchvision at import time.
+_FORCED = [var for var in _VERBOSITY_VARS if os.environ.setdefault(var, "error") == "error"]
+
+
+def quiet_libraries() -> None:
+    """Silence diffusers/transformers chatter, warnings and progress bars before loading a
+    model; errors still show, and an operator's own DIFFUSERS_VERBOSITY/TRANSFORMERS_VERBOSITY
+    wins. Imports them: call it where a model is loaded, not at import (sdapi.engine.cache and
+    the worker's loop stay light)."""
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    # Loading/saving bars are noise in a worker's log (hub download bars are huggingface_hub's).
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    # diffusers still passes an argument huggingface_hub deprecated; nothing an operator can fix.
+    warnings.filterwarnings("ignore", message="The `local_dir_use_symlinks` argument is deprecated")
+    if "DIFFUSERS_VERBOSITY" in _FORCED:
+        diffusers.utils.logging.set_verbosity_error()
+    if "TRANSFORMERS_VERBOSITY" in _FORCED:
+        transformers.utils.logging.set_verbosity_error()

@@ -28,8 +28,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sdapi.engine.adapters import Lora, embedding_file, lora_file
-from sdapi.engine.families import SD3, SDXL, Family
+from sdapi.catalog.adapters import Lora, embedding_file, lora_file
+from sdapi.catalog.families import SD3, SDXL, Family
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline

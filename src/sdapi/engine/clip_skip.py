@@ -5,7 +5,8 @@ before it, and so on up to 8. diffusers counts the layers *skipped*: its `clip_s
 2, and None is the wire's 1. SD 1.x/2.x, SDXL and SD3 pipelines all take it (SDXL and SD3 start
 from their usual penultimate layer and skip further back from there).
 
-Torch-free: the API validates with `check_clip_skip`.
+The API validates the value (sdapi.catalog.options); `diffusers_clip_skip` checks it against the
+loaded pipeline's text encoders.
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ import contextlib
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any, Final
+
+from diffusers import DiffusionPipeline
+
+from sdapi.catalog.families import SD, Family
+from sdapi.engine.signatures import accepts
 
 MIN_CLIP_SKIP: Final = 1
 MAX_CLIP_SKIP: Final = 8
@@ -38,6 +44,41 @@ def is_default(clip_skip: int | None) -> bool:
 def to_diffusers(clip_skip: int | None) -> int | None:
     """The pipelines' `clip_skip` argument for a wire value (layers skipped; None for none)."""
     return None if is_default(clip_skip) else clip_skip - 1
+
+
+def diffusers_clip_skip(
+    pipe: DiffusionPipeline, family: Family | None, clip_skip: int | None, model: str
+) -> int | None:
+    """The pipeline's `clip_skip` argument for a wire value; ValueError when this model cannot
+    skip so far (or at all)."""
+    if problem := check_clip_skip(clip_skip):
+        raise ValueError(problem)
+    if is_default(clip_skip):
+        return None
+    if not accepts(pipe, "clip_skip"):
+        raise ValueError(f"model {model} does not take clip_skip")
+    skip = to_diffusers(clip_skip)
+    most = _most_clip_skip(pipe, family)
+    if skip is not None and skip > most:
+        raise ValueError(
+            f"clip_skip {clip_skip} is too deep for model {model} "
+            f"(at most {most + 1}: its text encoder has too few layers)"
+        )
+    return skip
+
+
+def _most_clip_skip(pipe: DiffusionPipeline, family: Family | None) -> int:
+    """The deepest diffusers `clip_skip` the pipeline's CLIP text encoders allow.
+
+    SD 1.x/2.x take hidden state -(skip + 1); SDXL and SD3 -(skip + 2), as they start from the
+    penultimate layer. There are layers + 1 hidden states (the input embeddings first).
+    """
+    layers = min(
+        encoder.config.num_hidden_layers
+        for name in ("text_encoder", "text_encoder_2")
+        if (encoder := getattr(pipe, name, None)) is not None
+    )
+    return layers if family == SD else layers - 1
 
 
 @contextlib.contextmanager

@@ -19,9 +19,8 @@ replaced; `generate_batch_checked` also says which.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import functools
-import inspect
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -31,11 +30,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from PIL import Image
 
 from sdapi.batching import Row, plan_calls
-from sdapi.engine import clip_skip as clip_skips
+from sdapi.catalog.families import SD3, Family, check_size, family_of
 from sdapi.engine import passes, speed, variants
 from sdapi.engine.adapter_loader import Adapters
-from sdapi.engine.families import SD, SD3, Family, check_size, family_of
 from sdapi.engine.models import load_pipeline
+from sdapi.engine.options import effects_of
 from sdapi.engine.safety import (
     SafetyChecker,
     check_safety_checker_type,
@@ -44,9 +43,9 @@ from sdapi.engine.safety import (
     replace_flagged,
 )
 from sdapi.engine.schedulers import make_scheduler
-from sdapi.engine.token_merging import merged_tokens, tomesd_problem
+from sdapi.engine.signatures import accepts
 from sdapi.engine.vae_loader import Vaes
-from sdapi.jobs import REFINE_STRENGTH, GenerationRequest, Task
+from sdapi.jobs import GenerationRequest, Task
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline, SchedulerMixin
@@ -117,7 +116,7 @@ class Engine:
         #: SDAPI_SAFETY_CHECKER, then the models folder's, then the built-in for tiny models.
         self.safety_checker = safety_checker
         self._adapters = Adapters(self.models_dir)
-        self._vaes = Vaes(self.models_dir)
+        self.vaes = Vaes(self.models_dir)
         self._pipes: dict[Task, DiffusionPipeline] = {}
         #: Panorama and SAG pipelines, derived on first use like img2img and inpaint.
         self._variants: dict[str, DiffusionPipeline] = {}
@@ -176,7 +175,7 @@ class Engine:
             self._variants.clear()
             self._schedulers.clear()
             self._adapters.reset()
-            self._vaes.reset()
+            self.vaes.reset()
             release_device_memory(self.device)
 
     def generate(
@@ -257,7 +256,6 @@ class Engine:
         two_pass = size != first.output_size  # highres_fix on a small size needs no second
         progress = on_step if on_step is None or not two_pass else _overall(on_step, 0, 2)
         inputs = _call_inputs(pipe, requests, images, rows, size)
-        inputs |= variants.variant_inputs(variants.variant_of(first))
         made = self._call(pipe, first, inputs, progress)
         if first.task is Task.INPAINT:
             made = [
@@ -279,7 +277,7 @@ class Engine:
     ) -> list[Image.Image]:
         """The second pass: `made` enlarged to the output size and redrawn by img2img."""
         # One img2img request per row, with its own prompts; the batch's settings are shared.
-        refines = [_refining(requests[row.job]) for row in rows]
+        refines = [passes.refining(requests[row.job]) for row in rows]
         pipe = self._pipeline(refines[0])
         enlarged = [{"init": image} for image in made]
         refine = refines[0]
@@ -294,35 +292,33 @@ class Engine:
         inputs: dict[str, Any],
         on_step: StepCallback | None,
     ) -> list[Image.Image]:
-        """Run `pipe` once with `inputs` and the request's scheduler, clip_skip and progress."""
-        pipe.scheduler = self._fresh_scheduler(request)
-        inputs |= self._clip_skip_input(pipe, request)
+        """Run `pipe` once with `inputs`, the request's scheduler, its options' effects
+        (sdapi.engine.options) and progress."""
+        pipe.scheduler = self.scheduler_for(request)
+        effects = effects_of(request)
+        for effect in effects:
+            inputs |= effect.inputs(self, pipe, request)
         if on_step is not None:
             inputs |= _progress_inputs(pipe, on_step, request.steps)
-        with (
-            self._vaes.using(pipe, request.vae),
-            merged_tokens(pipe, request.tomesd),
-            clip_skips.final_norm_shim(pipe, "clip_skip" in inputs),
-        ):
+        with contextlib.ExitStack() as stack:
+            for effect in effects:
+                stack.enter_context(effect.around(self, pipe, request))
             speed.tiles_for(pipe, self.device, inputs.get("width", 0), inputs.get("height", 0))
             result = pipe(**inputs)
         return [image.convert("RGB") for image in result.images]
 
     def _prepare(self, request: GenerationRequest) -> DiffusionPipeline:
-        """Check what the batch asks of this model, and set its LoRAs and embeddings."""
+        """Check what the batch asks of this model, load what its options need, and set its
+        LoRAs and embeddings: whatever cannot run fails here, before any work."""
         if problem := check_size(self.family, request.width, request.height):
             raise ValueError(f"model {self.model}: {problem}")
-        scheduler = self._fresh_scheduler(request)  # refuses a bad one before any work is done
-        if problem := variants.request_problem(request, self.family, type(scheduler).__name__):
-            raise ValueError(f"model {self.model}: {problem}")
-        if request.tomesd and (problem := tomesd_problem(self.family)):
-            raise ValueError(f"model {self.model}: {problem}")
-        if request.highres_fix or request.upscale != 1:
-            self._fresh_scheduler(_refining(request))  # the second pass's img2img takes it too
+        self.scheduler_for(request)  # refuses a bad one
+        effects = effects_of(request)
+        for effect in effects:
+            effect.check(self, request)
         pipe = self._pipeline(request)
-        self._clip_skip_input(pipe, request)  # refuses a bad clip_skip likewise
-        if request.vae is not None:
-            self._vaes.get(request.vae, pipe.vae)  # loads it, or refuses it, before the work
+        for effect in effects:
+            effect.prepare(self, pipe, request)
         self._adapters.apply(
             self._pipes[Task.TEXT2IMG], self.family, request.loras, request.embeddings
         )
@@ -339,26 +335,7 @@ class Engine:
         source = checker_source(self.safety_checker, self.models_dir, self.model)
         return load_checker(source, self.device, self.models_dir / "hub")
 
-    def _clip_skip_input(
-        self, pipe: DiffusionPipeline, request: GenerationRequest
-    ) -> dict[str, Any]:
-        """The pipeline's `clip_skip` argument; ValueError when this model cannot skip so far."""
-        if clip_skips.is_default(request.clip_skip):
-            return {}
-        if problem := clip_skips.check_clip_skip(request.clip_skip):
-            raise ValueError(problem)
-        if not _accepts(pipe, "clip_skip"):
-            raise ValueError(f"model {self.model} does not take clip_skip")
-        skip = clip_skips.to_diffusers(request.clip_skip)
-        most = _most_clip_skip(pipe, self.family)
-        if skip is not None and skip > most:
-            raise ValueError(
-                f"clip_skip {request.clip_skip} is too deep for model {self.model} "
-                f"(at most {most + 1}: its text encoder has too few layers)"
-            )
-        return {"clip_skip": skip}
-
-    def _fresh_scheduler(self, request: GenerationRequest) -> SchedulerMixin:
+    def scheduler_for(self, request: GenerationRequest) -> SchedulerMixin:
         """A new scheduler for one call; the batch's requests share these settings (batch key).
 
         Built from the config once per setting, then copied: a copy is a fresh scheduler (they
@@ -429,20 +406,6 @@ def _check_safety(
     return nsfw
 
 
-def _most_clip_skip(pipe: DiffusionPipeline, family: Family | None) -> int:
-    """The deepest diffusers `clip_skip` the pipeline's CLIP text encoders allow.
-
-    SD 1.x/2.x take hidden state -(skip + 1); SDXL and SD3 -(skip + 2), as they start from the
-    penultimate layer. There are layers + 1 hidden states (the input embeddings first).
-    """
-    layers = min(
-        encoder.config.num_hidden_layers
-        for name in ("text_encoder", "text_encoder_2")
-        if (encoder := getattr(pipe, name, None)) is not None
-    )
-    return layers if family == SD else layers - 1
-
-
 def _scheduler_options(request: GenerationRequest) -> bool:
     return request.use_karras_sigmas or request.algorithm_type is not None
 
@@ -470,7 +433,7 @@ def _call_inputs(
         "output_type": "pil",
     }
     # Explicit wherever accepted: inpaint would otherwise default to the UNet's size (512 px).
-    if _accepts(pipe, "height"):
+    if accepts(pipe, "height"):
         inputs |= {"width": size[0], "height": size[1]}
     if first.task is Task.TEXT2IMG:
         return inputs
@@ -541,32 +504,6 @@ def _keep_unmasked(image: Image.Image, init: Image.Image, mask: Image.Image) -> 
     return Image.composite(image, init, mask)
 
 
-def _accepts(pipe: DiffusionPipeline, parameter: str) -> bool:
-    return parameter in _call_parameters(type(pipe))
-
-
-@functools.cache
-def _call_parameters(pipeline_class: type) -> frozenset[str]:
-    # Read once per class: inspect.signature on every call showed in the lone request's time.
-    return frozenset(inspect.signature(pipeline_class.__call__).parameters)
-
-
-def _refining(request: GenerationRequest) -> GenerationRequest:
-    """The second pass of a two-pass request: img2img at the output size, one pass."""
-    width, height = request.output_size
-    return replace(
-        request,
-        task=Task.IMG2IMG,
-        width=width,
-        height=height,
-        strength=REFINE_STRENGTH,
-        panorama=False,
-        self_attention=False,
-        highres_fix=False,
-        upscale=1,
-    )
-
-
 def _own_rows(rows: Sequence[Row]) -> list[Row]:
     """The rows of a second pass, whose request i is row i's (same seeds)."""
     return [replace(row, job=index) for index, row in enumerate(rows)]
@@ -574,7 +511,7 @@ def _own_rows(rows: Sequence[Row]) -> list[Row]:
 
 def _progress_inputs(pipe: DiffusionPipeline, on_step: StepCallback, steps: int) -> dict[str, Any]:
     """The pipeline's step callback; SAG has only the old `callback(step, timestep, latents)`."""
-    if _accepts(pipe, "callback_on_step_end"):
+    if accepts(pipe, "callback_on_step_end"):
         return {"callback_on_step_end": _step_callback(on_step)}
 
     def callback(step_index: int, timestep: Any, latents: Any) -> None:

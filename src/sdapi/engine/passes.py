@@ -11,15 +11,19 @@ Lanczos to the output size and redrawn there by an img2img pass of the same mode
 - `upscale` (1-3): the output's sides are the request's times the factor; the first pass runs
   at the requested size.
 
-Torch-free: this module only does the arithmetic of sizes; the engine runs the passes.
+This module does the arithmetic of sizes and makes the second pass's request; the engine runs
+the passes.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from sdapi.jobs import GenerationRequest
+from sdapi.catalog.options import OPTIONS
+from sdapi.catalog.work import REFINE_STRENGTH
+from sdapi.jobs import GenerationRequest, Task
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -52,3 +56,18 @@ def first_pass_size(request: GenerationRequest, native: int) -> tuple[int, int]:
 
 def _side(length: float) -> int:
     return max(MIN_SIDE, int(length) // SIZE_STEP * SIZE_STEP)
+
+
+def refining(request: GenerationRequest) -> GenerationRequest:
+    """The second pass of a two-pass request: img2img at the output size, without the options
+    that only the first pass runs (the variants, the passes themselves)."""
+    width, height = request.output_size
+    first_pass = {option.name: option.default for option in OPTIONS if option.first_pass_only}
+    return replace(
+        request,
+        task=Task.IMG2IMG,
+        width=width,
+        height=height,
+        strength=REFINE_STRENGTH,
+        **first_pass,
+    )

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from sdapi.engine.tiny import BUILTIN_MODELS
+from sdapi.catalog.builtins import BUILTIN_MODELS
 from sdapi.errors import ConfigurationError
 from sdapi.folders import build_atomically
 
@@ -154,7 +154,7 @@ class SafetyChecker:
     """A loaded checker on one device; `flags` says which images it flags."""
 
     def __init__(self, source: str, device: str = "cpu", cache_dir: Path | None = None) -> None:
-        from sdapi.engine.models import quiet_libraries
+        from sdapi.engine import quiet_libraries
 
         quiet_libraries()
         import torch
@@ -228,7 +228,7 @@ def build_tiny_checker(dest: Path, checker_id: str = TINY_CHECKER_ID) -> Path:
 
 def _tiny_checker(flag_all: bool) -> tuple[StableDiffusionSafetyChecker, Any]:
     """A checker with a 2-layer, 32-wide CLIP vision model on 32 px crops (fixed seed)."""
-    from sdapi.engine.models import quiet_libraries
+    from sdapi.engine import quiet_libraries
 
     quiet_libraries()
     import torch

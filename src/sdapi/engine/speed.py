@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from sdapi.engine.families import Family
+from sdapi.catalog.families import Family
 
 if TYPE_CHECKING:
     import torch

@@ -20,7 +20,7 @@ Three choices differ from `tomesd.apply_patch`'s defaults, each for a reason:
   (and the tiny models') are at 1/2 resolution, where the default silently merges nothing.
 - The patch lasts one call (`merged_tokens`): pipelines are cached and shared by all requests.
 
-Torch-free at import: the API checks requests with `tomesd_problem`.
+Which families can merge is the catalog's (sdapi.catalog.options.tomesd_problem).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
 
-from sdapi.engine.families import SD3, family_of
+from sdapi.catalog.families import family_of
+from sdapi.catalog.options import tomesd_problem
 from sdapi.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -38,23 +39,6 @@ if TYPE_CHECKING:
 #: The share of tokens merged: tomesd's recommended value (its README and paper show images
 #: close to the originals at 0.5; higher ratios trade visibly more quality for speed).
 TOME_RATIO: Final = 0.5
-
-#: Why a family cannot merge tokens, in words for the client.
-_PROBLEMS: Final[dict[str, str]] = {
-    SD3: (
-        "tomesd is not available for SD3 models: token merging patches a UNet's transformer "
-        "blocks, and SD3 uses an MMDiT transformer instead"
-    ),
-}
-
-
-def tomesd_problem(family: str | None) -> str | None:
-    """Why `tomesd` cannot apply to a model of `family`, or None when it can.
-
-    None (a family the engine does not know) passes here; `merged_tokens` then checks the
-    pipeline itself.
-    """
-    return None if family is None else _PROBLEMS.get(family)
 
 
 @contextlib.contextmanager

@@ -11,13 +11,12 @@ The upscaler is one of the models a worker serves, beside its `--model`s: `--ups
 (`sdapi-tiny-upscaler`, built offline like the other tiny models, a diffusers folder, or
 `stabilityai/stable-diffusion-x4-upscaler`). It fits the worker as an engine does: the same
 `generate_batch_checked` and a per-step callback that can cancel. As with `Engine`, a CPU
-generator per image makes the output depend on its seed only. Importing this module does not
-import torch or diffusers (`check_upscaler_ref` is for the API's start).
+generator per image makes the output depend on its seed only. `--upscaler` is checked without
+loading anything by sdapi.catalog.models.check_upscaler_ref.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -26,6 +25,10 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from sdapi.batching import Row
+from sdapi.catalog.builtins import TINY_UPSCALER_ID
+from sdapi.catalog.models import check_upscaler_ref
+from sdapi.catalog.work import UPSCALE_NATIVE_SCALE
+from sdapi.engine import quiet_libraries
 from sdapi.engine.engine import (
     CheckedBatch,
     GenerationCancelled,
@@ -34,49 +37,15 @@ from sdapi.engine.engine import (
     run_calls,
     weights_bytes,
 )
-from sdapi.engine.models import quiet_libraries
-from sdapi.engine.tiny import MODEL_INDEX, TINY_UPSCALER_ID, build_tiny_upscaler
+from sdapi.engine.tiny import build_tiny_upscaler
 from sdapi.errors import ConfigurationError
-from sdapi.jobs import UPSCALE_NATIVE_SCALE, GenerationRequest, Task
+from sdapi.jobs import GenerationRequest, Task
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionUpscalePipeline
 
+
 #: The pipeline class an upscaler folder must declare in its model_index.json.
-UPSCALE_PIPELINE = "StableDiffusionUpscalePipeline"
-_REPO_HINT = "stabilityai/stable-diffusion-x4-upscaler"
-
-
-def check_upscaler_ref(ref: str) -> str:
-    """Validate `--upscaler` without loading anything (torch-free); returns it as checked."""
-    if ref == TINY_UPSCALER_ID:
-        return ref
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        _check_folder(path)
-        return str(path.resolve())
-    if path.exists() or ref.startswith(("/", ".", "~")) or ref.count("/") != 1:
-        raise ConfigurationError(
-            f"upscaler {ref!r} is neither {TINY_UPSCALER_ID}, a diffusers x4 upscaler folder, "
-            f"nor a Hugging Face repo id such as {_REPO_HINT}"
-        )
-    return ref  # a hub repo id: checked when the worker loads it
-
-
-def _check_folder(folder: Path) -> None:
-    try:
-        index = json.loads((folder / MODEL_INDEX).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise ConfigurationError(
-            f"upscaler folder {folder} has no readable {MODEL_INDEX}: not a diffusers folder"
-        ) from None
-    name = index.get("_class_name") if isinstance(index, dict) else None
-    if name != UPSCALE_PIPELINE:
-        raise ConfigurationError(
-            f"upscaler folder {folder} holds a {name}, not a {UPSCALE_PIPELINE} (the x4 upscaler)"
-        )
-
-
 class UpscaleEngine:
     """One x4 upscaler on one device; calls are serialised (the pipeline is mutable state)."""
 

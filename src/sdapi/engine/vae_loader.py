@@ -1,4 +1,4 @@
-"""Loading installed VAEs (sdapi.engine.vaes) and decoding one pipeline call with one.
+"""Loading installed VAEs (sdapi.catalog.vaes) and decoding one pipeline call with one.
 
 `Vaes.get` loads a VAE once and keeps it, on the device and in the dtype of the pipeline's own VAE
 (loaded again when its files change on disk, or when asked for on another device or dtype; the
@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sdapi.engine.vaes import CONFIG, WEIGHTS, inspect_vae, is_valid_name, vae_source
+from sdapi.catalog.vaes import CONFIG, WEIGHTS, inspect_vae, is_valid_name, vae_source
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DiffusionPipeline
@@ -92,7 +92,7 @@ class Vaes:
 
     def _load(self, source: Path, name: str, like: AutoencoderKL) -> AutoencoderKL:
         """Load VAE `name` from its folder or file; ValueError with a one-line reason if not."""
-        from sdapi.engine.models import quiet_libraries
+        from sdapi.engine import quiet_libraries
 
         try:
             inspect_vae(source)  # another class of model, pickle weights: refused unread

@@ -11,7 +11,7 @@ Both exist for SD 1.x/2.x text-to-image only (diffusers has no SDXL or SD3 versi
 the loaded model's weights (`from_pipe`). Diffusers marks both pipelines deprecated: they are
 kept as they are, not developed, which is what pinning diffusers already gives us.
 
-`variant_problem` is torch-free: the API uses it to tell a client what cannot be honoured.
+Which families and tasks they serve is the catalog's (sdapi.catalog.options.variant_problem).
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any
 
-from sdapi.engine.families import SD, Family
-from sdapi.jobs import GenerationRequest, Task
+from sdapi.jobs import GenerationRequest
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -29,20 +28,6 @@ PANORAMA = "panorama"
 SELF_ATTENTION = "self_attention"
 #: SAG's guidance weight: the paper's and diffusers' recommended value.
 SAG_SCALE = 0.75
-#: SAG predicts the clean image DDIM-style from the integer timestep (alphas_cumprod[t]), so it
-#: needs a scheduler whose latents are not scaled by sigmas: these.
-SAG_SCHEDULERS = frozenset(
-    {
-        "DDIMScheduler",
-        "DDPMScheduler",
-        "PNDMScheduler",
-        "DPMSolverMultistepScheduler",
-        "DPMSolverSinglestepScheduler",
-        "UniPCMultistepScheduler",
-        "DEISMultistepScheduler",
-        "LCMScheduler",
-    }
-)
 
 
 def variant_of(request: GenerationRequest) -> str | None:
@@ -53,37 +38,6 @@ def variant_of(request: GenerationRequest) -> str | None:
     if request.self_attention:
         return SELF_ATTENTION
     return None
-
-
-def variant_problem(option: str, family: Family | None, task: Task) -> str | None:
-    """Why `option` cannot run on this family and task; None when it can."""
-    if family != SD:
-        return f"{option} is only available for SD 1.x/2.x models (diffusers has no {family} one)"
-    if task is not Task.TEXT2IMG:
-        return f"{option} is only available for text2img"
-    return None
-
-
-def request_problem(
-    request: GenerationRequest, family: Family | None, scheduler_class: str
-) -> str | None:
-    """Why the request's variant cannot run with this family, task and scheduler."""
-    variant = variant_of(request)
-    if variant is None:
-        return None
-    if problem := variant_problem(variant, family, request.task):
-        return problem
-    return sag_scheduler_problem(scheduler_class) if variant == SELF_ATTENTION else None
-
-
-def sag_scheduler_problem(scheduler_class: str) -> str | None:
-    if scheduler_class in SAG_SCHEDULERS:
-        return None
-    names = ", ".join(sorted(SAG_SCHEDULERS))
-    return (
-        f"self_attention does not work with {scheduler_class} (its latents are scaled by"
-        f" sigmas); choose a scheduler among {names}"
-    )
 
 
 def derive(base: DiffusionPipeline, variant: str) -> DiffusionPipeline:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from sdapi.catalog.work import batch_key, call_steps, work_units
 from sdapi.costs import OBSERVATIONS, Call, Cost, fit, scale
 from sdapi.jobs import GenerationRequest, Job, Pending, QueueStats, Task
 from sdapi.metrics import Sample
@@ -150,7 +151,7 @@ def group_pending(jobs: Iterable[Job]) -> tuple[Pending, ...]:
     by batch key and worker."""
     groups: dict[tuple[str, str | None], list[Job]] = {}
     for job in jobs:
-        groups.setdefault((job.request.batch_key, job.worker_id), []).append(job)
+        groups.setdefault((batch_key(job.request), job.worker_id), []).append(job)
     return tuple(
         Pending(
             batch_key=key,
@@ -158,8 +159,8 @@ def group_pending(jobs: Iterable[Job]) -> tuple[Pending, ...]:
             worker_id=worker_id,
             jobs=len(members),
             images=sum(job.request.samples for job in members),
-            units=sum(job.request.work_units for job in members),
-            steps=members[0].request.call_steps,
+            units=sum(work_units(job.request) for job in members),
+            steps=call_steps(members[0].request),
             started_at=min((job.started_at or 0.0 for job in members), default=None)
             if worker_id is not None
             else None,
@@ -179,8 +180,8 @@ def pick_batch(rows: Sequence[tuple[int, str, int]], images: int, gathering: boo
     key = rows[0][1]
     picked: list[int] = []
     room = images
-    for job_id, batch_key, count in rows:
-        if batch_key != key:
+    for job_id, row_key, count in rows:
+        if row_key != key:
             continue
         if count > room and (picked or gathering):
             break  # no overtaking within a key: the line's order holds

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
+from sdapi.catalog.work import batch_key as key_of
 from sdapi.costs import OBSERVATIONS, Call, Cost
 from sdapi.jobs import Job, JobStatus, QueueStats
 from sdapi.metrics import LocalMetrics, Sample, job_ended, webhook_attempt
@@ -138,11 +139,11 @@ class MemoryQueue:
                     for j in self._jobs.values()
                     if j.status is JobStatus.QUEUED
                     and (models is None or j.request.model in models)
-                    and (batch_key is None or j.request.batch_key == batch_key)
+                    and (batch_key is None or key_of(j.request) == batch_key)
                 ),
                 key=lambda j: j.id,
             )
-            rows = [(j.id, j.request.batch_key, j.request.samples) for j in queued]
+            rows = [(j.id, key_of(j.request), j.request.samples) for j in queued]
             picked = pick_batch(rows, images, gathering=batch_key is not None)
             lease_id = uuid.uuid4().hex
             claimed = [

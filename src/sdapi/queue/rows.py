@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from sdapi.catalog.work import batch_key, call_steps, work_units
 from sdapi.costs import Cost
 from sdapi.jobs import GenerationRequest, Job, JobStatus, Pending, QueueStats, sources_of
 from sdapi.metrics import Sample, job_ended
@@ -36,10 +37,10 @@ def insert_sql(placeholder: str) -> str:
 def insert_values(new: NewJob, now: float) -> tuple[Any, ...]:
     req = new.request
     return (
-        new.owner, JobStatus.QUEUED.value, req.model, req.to_json(), req.batch_key,
-        rate_key(req.model, req.task), req.work_units, json.dumps(new.output_names), now,
+        new.owner, JobStatus.QUEUED.value, req.model, req.to_json(), batch_key(req),
+        rate_key(req.model, req.task), work_units(req), json.dumps(new.output_names), now,
         new.webhook, new.track_id, json.dumps(dict(new.echo)), new.webhook_status,
-        new.deadline_at, new.keep_until, req.samples, req.call_steps,
+        new.deadline_at, new.keep_until, req.samples, call_steps(req),
     )  # fmt: skip
 
 

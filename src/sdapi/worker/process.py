@@ -45,10 +45,10 @@ def served_models(settings: Settings) -> list[str]:
 
 def run_worker(settings: Settings) -> None:
     """Serve jobs until SIGTERM/SIGINT; the job in hand is finished before exiting."""
+    from sdapi.catalog.models import check_model_ref, check_upscaler_ref
     from sdapi.engine.cache import CachedEngine, EngineCache, default_budget
     from sdapi.engine.engine import Engine
-    from sdapi.engine.models import check_model_ref
-    from sdapi.engine.upscale import UpscaleEngine, check_upscaler_ref
+    from sdapi.engine.upscale import UpscaleEngine
 
     for model in settings.model:  # fail before joining the queue, not after
         check_model_ref(model)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sdapi import metrics
 from sdapi.batching import cap_for
+from sdapi.catalog.work import batch_key, call_steps, work_units
 from sdapi.costs import Call, prior_for
 from sdapi.engine.cache import EngineCache
 from sdapi.errors import DatabaseUnavailable, SdapiError
@@ -174,7 +175,7 @@ class Worker:
                 lease_s=self.lease_s,
                 images=room,
                 models=[head.request.model],
-                batch_key=head.request.batch_key,
+                batch_key=batch_key(head.request),
             )
             gathered += more
             room -= sum(job.request.samples for job in more)
@@ -291,10 +292,11 @@ class Worker:
         cost a job anything."""
         head = jobs[0].request
         padded = self._call_size(jobs) / sum(job.request.samples for job in jobs)
-        call = Call(sum(job.request.work_units for job in jobs) * padded, head.call_steps, seconds)
+        units = sum(work_units(job.request) for job in jobs) * padded
+        call = Call(units, call_steps(head), seconds)
         try:
             self.queue.record_call(
-                head.batch_key,
+                batch_key(head),
                 rate_key(head.model, head.task),
                 call,
                 cap=self.cap(head),

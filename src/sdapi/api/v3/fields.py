@@ -1,45 +1,23 @@
 """Lenient reading of v3 request fields, with Laravel-style error messages.
 
 Real clients send numbers as strings ("512"), flags as "yes"/"no"/true/"false", and "" or
-"null" for absent values (spec section 1). A `Field` describes one wire field; `read_fields`
-coerces a whole body and collects every error at once, as Laravel does:
+"null" for absent values (spec section 1). A `Field` (sdapi.fields) describes one field;
+`read_fields` coerces a whole body and collects every error at once, as Laravel does:
 {"width": ["The width must be a multiple of 8."], "prompt": ["The prompt field is required."]}.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from sdapi.errors import ValidationFailed
+from sdapi.fields import Field, Kind
 
-Kind = Literal["str", "int", "float", "flag"]
 ABSENT_STRINGS = frozenset({"", "null", "none", "undefined"})
 TRUE_WORDS = frozenset({"yes", "true", "1", "on"})
 FALSE_WORDS = frozenset({"no", "false", "0", "off"})
-
-
-@dataclass(frozen=True, slots=True)
-class Field:
-    name: str
-    kind: Kind
-    default: Any = None
-    required: bool = False
-    minimum: float | None = None
-    maximum: float | None = None
-    multiple_of: int | None = None
-    choices: Collection[str] | None = None
-    #: Other names clients use for the same field (the inpaint pages say `steps`).
-    aliases: tuple[str, ...] = ()
-    max_length: int | None = None
-    description: str = ""
-
-    @property
-    def label(self) -> str:
-        # Laravel names the attribute with spaces: "num_inference_steps" -> "num inference steps".
-        return self.name.replace("_", " ")
 
 
 class FieldError(ValueError):

@@ -7,16 +7,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from sdapi.api.v3.fields import Field, is_absent, read_fields, sentence
+from sdapi.api.v3.fields import is_absent, read_fields, sentence
 from sdapi.api.v3.options import OPTION_FIELDS, Options, read_options
-from sdapi.engine.adapters import check_adapters, parse_embeddings, parse_loras
-from sdapi.engine.families import Family, check_size
-from sdapi.engine.models import model_family, model_scheduler
-from sdapi.engine.safety import SAFETY_CHECKER_TYPES
-from sdapi.engine.schedulers import SCHEDULERS, UNSUPPORTED, check_scheduler_options
+from sdapi.catalog.families import Family, check_size
+from sdapi.catalog.models import model_family, model_scheduler
+from sdapi.catalog.options import SAFETY_CHECKER_TYPES
+from sdapi.catalog.registry import Registry
+from sdapi.catalog.schedulers import SCHEDULERS, UNSUPPORTED, check_scheduler_options
 from sdapi.errors import ModelNotFound, ValidationFailed
+from sdapi.fields import Field
 from sdapi.jobs import Task
-from sdapi.registry import Registry
 from sdapi.settings import Settings
 
 #: Verbatim wire strings that clients compare (spec 11.1a, 15).
@@ -33,8 +33,6 @@ EXPIRED_MESSAGE = "Request expired: its images were removed at the end of their 
 FACE_ENHANCE_NOTE = "face_enhance is not supported: faces were upscaled like the rest"
 
 MAX_SAMPLES = 4
-#: The most images a request may ask one pipeline call to compute (`call_size`).
-MAX_CALL_SIZE = 16
 MAX_PROMPT_CHARS = 5000
 MAX_SEED = 2**64 - 1
 #: Job ids are 64-bit signed in every queue (SQLite INTEGER, PostgreSQL BIGINT).
@@ -70,16 +68,8 @@ class GenerationParams:
     deadline: float | None = None
     #: sdapi: also POST throttled progress events to the webhook while the job runs.
     webhook_progress: bool = False
-    use_karras_sigmas: bool = False
-    algorithm_type: str | None = None
-    loras: tuple[tuple[str, float], ...] = ()
-    embeddings: tuple[str, ...] = ()
-    safety_checker: bool = False
     safety_checker_type: str = "sensitive_content_text"
-    clip_skip: int | None = None
-    #: sdapi: pipeline calls of exactly this many images (sdapi.batching), to reproduce bytes.
-    call_size: int | None = None
-    #: Prompt rewriting, pipeline variants, second passes, VAE, token merging (options.py).
+    #: The generation options (sdapi.catalog.options) and the prompt options (options.py).
     options: Options = field(default_factory=Options)
 
 
@@ -208,44 +198,6 @@ def generation_fields(settings: Settings, task: Task) -> list[Field]:
             description="Output links stop working after 24 hours (the server's --temp-ttl).",
         ),
         Field(
-            "use_karras_sigmas",
-            "flag",
-            default=False,
-            description="Karras noise schedule, for the schedulers that have one.",
-        ),
-        Field(
-            "algorithm_type",
-            "str",
-            max_length=32,
-            description="DPM-Solver variant: dpmsolver, dpmsolver++, sde-dpmsolver,"
-            " sde-dpmsolver++.",
-        ),
-        Field(
-            "lora_model",
-            "str",
-            max_length=1024,
-            description="LoRAs from the models folder, comma separated: more_details,anime.",
-        ),
-        Field(
-            "lora_strength",
-            "str",
-            max_length=256,
-            description="Their weights (0 to 2): one for all, or one per LoRA; default 1.",
-        ),
-        Field(
-            "embeddings_model",
-            "str",
-            max_length=1024,
-            description="Textual-inversion embeddings from the models folder, comma separated.",
-        ),
-        Field(
-            "safety_checker",
-            "flag",
-            default=False,
-            aliases=("safetychecker",),
-            description="Run the safety checker; flagged images are replaced.",
-        ),
-        Field(
             "safety_checker_type",
             "str",
             default="sensitive_content_text",
@@ -254,27 +206,10 @@ def generation_fields(settings: Settings, task: Task) -> list[Field]:
             " sensitive_content_text.",
         ),
         Field(
-            "clip_skip",
-            "int",
-            minimum=1,
-            maximum=8,
-            aliases=("clipskip",),
-            description="Text encoder layer the prompt is read from, counted from the last (1).",
-        ),
-        Field(
             "webhook_progress",
             "flag",
             default=False,
             description="sdapi: also POST progress events (best effort) while the job runs.",
-        ),
-        Field(
-            "call_size",
-            "int",
-            minimum=1,
-            maximum=MAX_CALL_SIZE,
-            description="sdapi: compute the images in pipeline calls of exactly this many (at"
-            " least samples; padded when fewer jobs share them). An image's bytes depend on"
-            " its call's size: the call_size of an earlier result's meta reproduces it.",
         ),
         Field(
             "deadline",
@@ -307,7 +242,6 @@ def read_generation(
     if values["model_id"] not in settings.model:
         values["model_id"] = None
     family = _check_family(values, settings, task)
-    _read_adapters(values, settings)
     model = values["model_id"] or settings.default_model
     values["options"] = read_options(
         values,
@@ -339,14 +273,8 @@ def _check_model_id(model_id: str | None, settings: Settings) -> None:
 def _check_pixels(values: dict[str, Any], settings: Settings) -> None:
     """The output's pixels (upscale multiplies both sides) times samples, within the cap; an
     exact call size, which computes that many images, counts instead of samples."""
-    factor = values["options"].upscale
-    call_size = values["call_size"]
-    if call_size is not None and call_size < values["samples"]:
-        raise ValidationFailed.one(
-            "call_size",
-            f"The call size must be at least samples (this request asks for {call_size} and"
-            f" {values['samples']}).",
-        )
+    options = values["options"].request
+    factor, call_size = options["upscale"], options["call_size"]
     images, field = (call_size, "call_size") if call_size else (values["samples"], "samples")
     pixels = values["width"] * values["height"] * images * factor * factor
     if pixels > settings.max_job_pixels:
@@ -376,22 +304,6 @@ def _check_family(values: dict[str, Any], settings: Settings, task: Task) -> Fam
     if problem := check_size(family, values["width"], values["height"]):
         raise ValidationFailed.one("width", sentence(problem))
     return family
-
-
-def _read_adapters(values: dict[str, Any], settings: Settings) -> None:
-    """lora_model/lora_strength and embeddings_model as the engine takes them, refused here
-    when a file is missing or a value is out of range."""
-    try:
-        values["loras"] = parse_loras(values.pop("lora_model"), values.pop("lora_strength"))
-        values["embeddings"] = parse_embeddings(values.pop("embeddings_model"))
-    except ValueError as exc:
-        raise ValidationFailed.one("lora_model", sentence(str(exc))) from None
-    family = _family(values["model_id"] or settings.default_model, settings.models_dir)
-    if problem := check_adapters(
-        settings.models_dir, values["loras"], values["embeddings"], family
-    ):
-        field = "embeddings_model" if "embedding" in problem else "lora_model"
-        raise ValidationFailed.one(field, sentence(problem))
 
 
 @functools.lru_cache(maxsize=256)

@@ -16,7 +16,7 @@ from sdapi.api.auth import authenticate
 from sdapi.api.body import read_body
 from sdapi.api.state import AppState, state_of
 from sdapi.api.v3 import schemas, translate
-from sdapi.api.v3.fields import Field, json_schema, read_fields
+from sdapi.api.v3.fields import json_schema, read_fields
 from sdapi.api.v3.protocol import (
     FETCH_FIELDS,
     JOBS_FIELDS,
@@ -32,6 +32,7 @@ from sdapi.api.v3.wires import V3, WIRES, Wire
 from sdapi.auth.keys import ApiKey
 from sdapi.errors import JobNotFound, ModelNotFound, RateLimited
 from sdapi.eta import queue_time, wait_for
+from sdapi.fields import Field
 from sdapi.jobs import Job, Task
 from sdapi.logs import job_context
 from sdapi.settings import Settings

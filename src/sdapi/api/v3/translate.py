@@ -22,7 +22,9 @@ from sdapi.api.v3.protocol import (
     TOO_LATE_MESSAGE,
 )
 from sdapi.api.v3.wires import BACKGROUND_TIP, V3, Wire
-from sdapi.jobs import UPSCALE_NATIVE_SCALE, Job, JobStatus, Task
+from sdapi.catalog.options import OPTIONS
+from sdapi.catalog.work import UPSCALE_NATIVE_SCALE
+from sdapi.jobs import Job, JobStatus, Task
 from sdapi.storage.base import ImageStore
 
 
@@ -63,9 +65,6 @@ def meta(job: Job, links: Links, wire: Wire = V3) -> dict[str, Any]:
         "model": r.model,
         "scheduler": r.scheduler or "default",
         "file_prefix": job.echo.get("file_prefix", ""),
-        # Both spellings: typed clients read one or the other (spec 11.4).
-        "safetychecker": _yes_no(r.safety_checker),
-        "safety_checker": _yes_no(r.safety_checker),
         "base64": _yes_no(any(n.endswith(".base64") for n in job.output_names)),
         "temp": _yes_no(job.keep_until is not None),
     }
@@ -74,7 +73,6 @@ def meta(job: Job, links: Links, wire: Wire = V3) -> dict[str, Any]:
         data["init_image"] = _echo_image(job, links, "init_image", r.init_image)
     if r.task is Task.INPAINT:
         data["mask_image"] = _echo_image(job, links, "mask_image", r.mask_image)
-    data |= model_meta(job)
     data |= option_meta(job)
     if job.track_id is not None:
         data["track_id"] = job.track_id
@@ -83,38 +81,19 @@ def meta(job: Job, links: Links, wire: Wire = V3) -> dict[str, Any]:
     return data
 
 
-def model_meta(job: Job) -> dict[str, Any]:
-    """What shaped the model's call beyond the basics: safety checker, adapters, clip_skip,
-    and the size of the call the images were computed in (what reproduces their bytes)."""
-    r = job.request
+def option_meta(job: Job) -> dict[str, Any]:
+    """The options as done (each as sdapi.catalog.options shows it), the size of the call the
+    images were computed in (what reproduces their bytes), and why any asked option was not."""
+    r, echo = job.request, job.echo
     data: dict[str, Any] = {}
-    if r.safety_checker:
-        data["safety_checker_type"] = r.safety_checker_type
-    if r.loras:
-        data["lora_model"] = ",".join(name for name, _ in r.loras)
-        data["lora_strength"] = ",".join(f"{weight:g}" for _, weight in r.loras)
-    if r.embeddings:
-        data["embeddings_model"] = ",".join(r.embeddings)
-    if r.clip_skip is not None:
-        data["clip_skip"] = r.clip_skip
+    for option in OPTIONS:
+        data |= option.meta(r)
     if call_size := job.call_size or r.call_size:
         data["call_size"] = call_size
-    return data
-
-
-def option_meta(job: Job) -> dict[str, Any]:
-    """The options of spec sections 3, 9 and 10 as done, and why any asked one was not."""
-    r, echo = job.request, job.echo
-    data: dict[str, Any] = {
+    data |= {
         "enhance_prompt": _yes_no(bool(echo.get("enhance_prompt"))),
         "enhance_style": echo.get("enhance_style"),
         "multi_lingual": _yes_no(bool(echo.get("multi_lingual"))),
-        "panorama": _yes_no(r.panorama),
-        "self_attention": _yes_no(r.self_attention),
-        "highres_fix": _yes_no(r.highres_fix),
-        "upscale": "no" if r.upscale == 1 else str(r.upscale),
-        "vae": r.vae or "default",
-        "tomesd": _yes_no(r.tomesd),
     }
     if "language" in echo:
         data["language"] = echo["language"]

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Final
 
-from sdapi.engine.families import SD3, Family
+from sdapi.catalog.families import SD3, Family
 
 LORAS_DIR: Final = "loras"
 EMBEDDINGS_DIR: Final = "embeddings"
@@ -79,7 +79,7 @@ def check_adapters(
     """Why a request's LoRAs and embeddings cannot run here, or None when they can.
 
     Checks the counts, names, weights and that each file is installed; with the model's `family`
-    (sdapi.engine.models.model_family) also that it takes embeddings. Never names server paths.
+    (sdapi.catalog.models.model_family) also that it takes embeddings. Never names server paths.
     """
     if len(loras) > MAX_LORAS:
         return f"at most {MAX_LORAS} LoRAs per request (got {len(loras)})"

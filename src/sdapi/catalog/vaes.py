@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from sdapi.engine.families import SD, SD3, SDXL
+from sdapi.catalog.families import SD, SD3, SDXL
 
 VAE_DIR: Final = "vae"
 SUFFIX: Final = ".safetensors"

@@ -37,10 +37,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final
 
-from sdapi.engine.families import FAMILIES, Family, size_multiple
-from sdapi.engine.schedulers import check_scheduler_options
-from sdapi.engine.tiny import BUILTIN_MODELS
-from sdapi.engine.vaes import parse_vae
+from sdapi.catalog.builtins import BUILTIN_MODELS
+from sdapi.catalog.families import FAMILIES, Family, size_multiple
+from sdapi.catalog.schedulers import check_scheduler_options
+from sdapi.catalog.vaes import parse_vae
 from sdapi.errors import ConfigurationError
 
 #: The file's name in the data directory unless `--models-file` says otherwise.
@@ -72,7 +72,7 @@ class Defaults:
     guidance_scale: float | None = None
     scheduler: str | None = None
     negative_prompt: str | None = None
-    #: A VAE installed in the models folder's vae/ (sdapi.engine.vaes), e.g. the fine-tuned
+    #: A VAE installed in the models folder's vae/ (sdapi.catalog.vaes), e.g. the fine-tuned
     #: stabilityai/sd-vae-ft-mse many SD 1.5 models are meant to be decoded with.
     vae: str | None = None
 
