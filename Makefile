@@ -18,7 +18,7 @@ $(BIN)/sdapi: pyproject.toml
 	$(BIN)/pip install -q $(TORCH)
 	# Pin the torch just installed, so resolving the rest never swaps in another build.
 	$(BIN)/pip show torch | sed -n "s/^Version: /torch==/p" > $(VENV)/constraints.txt
-	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[engine,postgres,s3,dev]"
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[engine,translate,postgres,s3,dev]"
 	touch $@
 
 install: $(BIN)/sdapi
@@ -40,6 +40,7 @@ browser:
 
 test: install browser
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest $(ARGS)
 
 lint: install

@@ -70,7 +70,7 @@ OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "--translator": (
         "translator",
         {
-            "help": "Translation model for multi_lingual, run by the API at submit time: "
+            "help": "Translation model for multi_lingual, run by the workers before drawing: "
             "sdapi-tiny-translator (offline tests), a folder or a repo id such as "
             'Helsinki-NLP/opus-mt-mul-en ("" = off, the default).'
         },
@@ -245,7 +245,7 @@ def serve(**flags: Any) -> None:
     from sdapi.api.serving import serve_app
     from sdapi.backends import open_backends
     from sdapi.catalog.models import check_model_ref, check_upscaler_ref
-    from sdapi.translation import check_translator_ref
+    from sdapi.catalog.translators import check_translator_ref
     from sdapi.webhooks.secret import server_secret
     from sdapi.worker.process import WorkerSupervisor
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any
 
@@ -121,6 +121,12 @@ class GenerationRequest:
     #: image's bytes depend on how many were computed with it, so asking for the `call_size`
     #: a result's meta shows reproduces it bit for bit. None: calls as the worker batches them.
     call_size: int | None = None
+    #: The prompt options (sdapi.catalog.prompts): the worker translates the prompts to English
+    #: (`multi_lingual`), sets them in a named style, then appends the quality words, before
+    #: drawing. `prompt` and `negative_prompt` stay as the client sent them.
+    multi_lingual: bool = False
+    enhance_style: str | None = None
+    enhance_prompt: bool = False
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -152,6 +158,51 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Echo:
+    """What a job's answers say back that nothing runs on (sdapi.api.v3.translate shows it)."""
+
+    #: The `<uuid>` of the output names (meta.file_prefix).
+    file_prefix: str = ""
+    #: The input images as the client gave them, when URLs (base64 is answered by its stored
+    #: copy's link, never echoed).
+    init_image: str | None = None
+    mask_image: str | None = None
+    #: Option -> why it was not applied (meta's `<option>_note`).
+    notes: Mapping[str, str] = field(default_factory=dict)
+    #: super_resolution: face_enhance was asked for (no face restorer runs: a note says so).
+    face_enhance: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "notes": dict(self.notes)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Echo:
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}  # older rows hold keys that are columns now
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """The prompts a worker drew the images from, when the prompt options rewrote them."""
+
+    prompt: str
+    negative_prompt: str
+    #: With multi_lingual: the language detected, and whether the prompt was translated.
+    language: str | None = None
+    translated: bool = False
+    #: Why an asked prompt option was not applied (a translator that failed), or None.
+    note: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Rendered:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True, slots=True)
 class Job:
     id: int
     #: Id of the API key that submitted it; a key sees only its own jobs.
@@ -176,8 +227,12 @@ class Job:
     error: str | None = None
     webhook: str | None = None
     track_id: str | None = None
-    #: What the client sent that answers echo back (original image URLs, ...); opaque here.
-    echo: Mapping[str, Any] = field(default_factory=dict)
+    #: What the answers say back (Echo).
+    echo: Echo = field(default_factory=Echo)
+    #: The base URL the client submitted to: the links its webhook carries.
+    base_url: str | None = None
+    #: Also POST throttled progress events to the webhook while the job runs.
+    webhook_progress: bool = False
     #: Where delivery of the webhook stands: "" (none), pending, retrying, delivered, failed.
     webhook_status: str = ""
     #: A job still queued at this time is failed instead of started.
@@ -188,6 +243,8 @@ class Job:
     nsfw: bool = False
     #: How many images the pipeline call that made its images computed (sdapi.batching).
     call_size: int | None = None
+    #: The prompts the images were drawn from, when the worker rewrote them (Rendered).
+    rendered: Rendered | None = None
 
     def evolve(self, **changes: Any) -> Job:
         """A copy with changes; a change of status must be allowed by the transition table."""

@@ -66,9 +66,10 @@ class Settings(BaseSettings):
     #: `sdapi-tiny-upscaler`, a diffusers folder or a hub repo id
     #: (`stabilityai/stable-diffusion-x4-upscaler`); empty turns super_resolution off.
     upscaler: str = DEFAULT_UPSCALER
-    #: The model that translates prompts for `multi_lingual` (sdapi.translation), run by the
-    #: API processes at submit time: `sdapi-tiny-translator`, a folder or a hub repo id
-    #: (`Helsinki-NLP/opus-mt-mul-en`); empty: multi_lingual is not available.
+    #: The model that translates prompts for `multi_lingual` (sdapi.engine.translation), run
+    #: by the workers before drawing: `sdapi-tiny-translator`, a folder or a hub repo id
+    #: (`Helsinki-NLP/opus-mt-mul-en`); empty: multi_lingual is not available. Every process of
+    #: a deployment names the same one (the API drops multi_lingual without it).
     translator: str = ""
     #: Worker subprocesses started by `sdapi serve` (0 = API only).
     workers: int = Field(default=1, ge=0, le=64)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
 from sdapi.catalog.work import batch_key, work_units
 from sdapi.costs import OBSERVATIONS, PRIOR_CPU, Call, Cost, fit
-from sdapi.jobs import JobStatus, Pending
+from sdapi.jobs import Echo, JobStatus, Pending, Rendered
 from sdapi.queue.base import ANY_KEY, JobQueue, NewJob, WorkerInfo
 from tests.helpers import FakeClock, make_request
 
@@ -21,7 +22,9 @@ WAKE_TIMEOUT = 10.0
 def submit(queue: JobQueue, owner: str = "key_a", **changes: object) -> int:
     request = make_request(**changes)
     names = tuple(f"generations/x{i}.png" for i in range(request.samples))
-    return queue.enqueue(NewJob(owner, request, names, track_id="t1", echo={"a": 1})).id
+    echo = Echo(file_prefix="x", init_image="https://example.com/a.png", notes={"vae": "why"})
+    new = NewJob(owner, request, names, track_id="t1", echo=echo, base_url="http://h:1")
+    return queue.enqueue(replace(new, webhook_progress=True)).id
 
 
 def test_enqueue_assigns_growing_integer_ids_and_keeps_everything(queue: JobQueue) -> None:
@@ -31,7 +34,10 @@ def test_enqueue_assigns_growing_integer_ids_and_keeps_everything(queue: JobQueu
     assert job is not None and job.status is JobStatus.QUEUED
     assert job.request == make_request(samples=2, prompt="two")
     assert job.output_names == ("generations/x0.png", "generations/x1.png")
-    assert (job.owner, job.track_id, dict(job.echo)) == ("key_a", "t1", {"a": 1})
+    assert (job.owner, job.track_id, job.base_url, job.webhook_progress) == (
+        "key_a", "t1", "http://h:1", True
+    )  # fmt: skip
+    assert job.echo == Echo("x", "https://example.com/a.png", notes={"vae": "why"})
     assert queue.get(second + 100) is None
 
 
@@ -231,12 +237,14 @@ def test_claim_can_gather_one_batch_key(queue: JobQueue) -> None:
     assert [j.id for j in queue.claim("w", lease_s=LEASE)] == [other]
 
 
-def test_success_records_the_size_of_the_call_that_made_the_images(queue: JobQueue) -> None:
+def test_success_records_the_call_size_and_the_prompts_drawn(queue: JobQueue) -> None:
     job_id = submit(queue, steps=10)
     [job] = queue.claim("w", lease_s=LEASE)
-    queue.complete(job_id, job.lease_id or "", generation_seconds=8.0, call_size=3)
+    drawn = Rendered("a fox in english", "", language="de", translated=True)
+    queue.complete(job_id, job.lease_id or "", generation_seconds=8.0, call_size=3, rendered=drawn)
     done = queue.get(job_id)
     assert done is not None and (done.generation_seconds, done.call_size) == (8.0, 3)
+    assert done.rendered == drawn
 
 
 def test_stats_group_pending_work_by_key_and_worker(queue: JobQueue) -> None:

@@ -30,7 +30,7 @@ from sdapi.backends import open_database
 from sdapi.catalog.work import batch_key
 from sdapi.database.postgres import MIGRATIONS_PACKAGE, PostgresDatabase
 from sdapi.errors import ConfigurationError, DatabaseUnavailable
-from sdapi.jobs import Job, JobStatus
+from sdapi.jobs import Echo, Job, JobStatus
 from sdapi.queue.base import NewJob
 from sdapi.queue.postgres import PostgresQueue
 from sdapi.settings import Settings
@@ -160,7 +160,7 @@ def test_jobs_survive_closing_and_reopening(postgres_url: str) -> None:
         again = reopened.get(job.id)
         assert again is not None and again.status is JobStatus.PROCESSING
         assert again.lease_id == claimed.lease_id and again.request == job.request
-        assert again.created_at == job.created_at and again.echo == {}
+        assert again.created_at == job.created_at and again.echo == Echo()
     finally:
         reopened.close()
 

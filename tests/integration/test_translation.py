@@ -14,16 +14,14 @@ from typing import Any
 
 import pytest
 
-from sdapi.errors import ConfigurationError
-from sdapi.translation import (
-    ENGLISH,
-    LANGUAGES,
+from sdapi.catalog.translators import ENGLISH, LANGUAGES, TINY_TRANSLATOR_ID
+from sdapi.engine.translation import (
     MAX_NEW_TOKENS,
     TINY_SIZES,
-    TINY_TRANSLATOR_ID,
     Translator,
     build_tiny_translator,
 )
+from sdapi.errors import ConfigurationError
 
 pytestmark = [pytest.mark.engine]
 

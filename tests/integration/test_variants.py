@@ -17,7 +17,7 @@ from sdapi.catalog.builtins import TINY_SDXL_MODEL_ID
 from sdapi.catalog.families import SDXL
 from sdapi.engine import passes
 from sdapi.engine.engine import Engine
-from sdapi.engine.tiny import _seeded, _vae
+from sdapi.engine.tiny import _vae, seeded
 from sdapi.jobs import Task
 from tests.integration.test_engine import png, request
 
@@ -132,7 +132,7 @@ def test_highres_fix_and_upscale_work_for_img2img_and_inpaint(engine: Engine) ->
 def test_a_vae_from_the_models_folder_decodes_the_request(engine: Engine) -> None:
     folder = engine.models_dir / "vae" / "org" / "other-vae"
     if not folder.exists():
-        _seeded(lambda: _vae(scaling_factor=0.5)).save_pretrained(folder)
+        seeded(lambda: _vae(scaling_factor=0.5)).save_pretrained(folder)
     base = request()
     plain = engine.generate(base)[0]
     other = engine.generate(replace(base, vae="org/other-vae"))[0]

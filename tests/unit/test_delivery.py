@@ -162,7 +162,7 @@ def test_progress_events_are_throttled_signed_and_only_for_jobs_that_asked(
     queue, send, secret = MemoryQueue(clock=clock), FakeSend(), generate_secret()
     asked = queue.enqueue(
         NewJob("k", make_request(), ("generations/a-0.png",), webhook=HOOK, track_id="t",
-               echo={"webhook_progress": True})
+               webhook_progress=True)
     )  # fmt: skip
     queue.enqueue(NewJob("k", make_request(), ("generations/b-0.png",), webhook=HOOK))
     [job, _] = queue.claim("w", lease_s=30, images=2)

@@ -10,19 +10,24 @@ from types import SimpleNamespace
 
 import pytest
 
-from sdapi.api import prompts
-from sdapi.api.prompts import PromptWriter
 from sdapi.api.v3.options import Options
 from sdapi.api.v3.protocol import read_generation, with_model_defaults
 from sdapi.api.v3.translate import Links, meta
 from sdapi.catalog.options import OPTIONS
+from sdapi.catalog.prompts import (
+    ENHANCE_WORDS,
+    STYLES,
+    apply_style,
+    enhance,
+    has_prompt_options,
+    render,
+)
 from sdapi.catalog.registry import Registry
 from sdapi.catalog.registry import parse as parse_registry
 from sdapi.catalog.work import batch_key, work_units
 from sdapi.engine.passes import first_pass_size
 from sdapi.errors import ConfigurationError, ValidationFailed
-from sdapi.jobs import GenerationRequest, Job, JobStatus, Task
-from sdapi.prompting import ENHANCE_WORDS, STYLES, apply_style, enhance
+from sdapi.jobs import Echo, GenerationRequest, Job, JobStatus, Rendered, Task
 from sdapi.settings import Settings
 from sdapi.storage.local import LocalStore
 from tests.helpers import make_request
@@ -44,35 +49,31 @@ def test_every_style_wraps_the_prompt(name: str) -> None:
     assert negative.startswith("blurry, ") and len(negative) > len("blurry, ")
 
 
-def test_rewriting_order_translate_style_enhance(tmp_path: Path) -> None:
-    writer = PromptWriter("", tmp_path)
-    written = writer.rewrite("a fox", "", Options(enhance_style="anime", enhance_prompt=True))
-    assert written.prompt.startswith("anime artwork of a fox")
-    assert written.prompt.endswith(ENHANCE_WORDS)
-    assert written.echo == {"enhance_style": "anime", "enhance_prompt": True}
-    assert writer.rewrite("a fox", "x", Options()).prompt == "a fox"
+def test_rendering_order_translate_style_enhance() -> None:
+    def translate(text: str) -> tuple[str, str, bool]:
+        return f"[en] {text}", "de", True
+
+    request = make_request(
+        prompt="ein Fuchs", multi_lingual=True, enhance_style="anime", enhance_prompt=True
+    )
+    drawn = render(request, translate)
+    assert drawn.prompt.startswith("anime artwork of [en] ein Fuchs")
+    assert drawn.prompt.endswith(ENHANCE_WORDS)
+    assert (drawn.language, drawn.translated, drawn.note) == ("de", True, None)
+    plain = render(make_request(prompt="a fox", negative_prompt="x"))
+    assert (plain.prompt, plain.negative_prompt) == ("a fox", "x")
+    assert not has_prompt_options(make_request()) and has_prompt_options(request)
 
 
-def test_a_failing_translator_leaves_the_prompt_and_says_why(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    loads: list[str] = []
+def test_a_failing_translator_leaves_the_prompt_and_says_why() -> None:
+    def unloadable(text: str) -> tuple[str, str, bool]:
+        raise OSError("no-such-org/no-such-translator is not on the hub")
 
-    class Unloadable:
-        def __init__(self, source: str, models_dir: Path, threads: int) -> None:
-            self.source = source
-
-        def load(self) -> None:
-            loads.append(self.source)
-            raise OSError("no-such-org/no-such-translator is not on the hub")
-
-    monkeypatch.setattr(prompts, "Translator", Unloadable)
-    writer = PromptWriter("no-such-org/no-such-translator", tmp_path)
-    for _ in range(2):
-        written = writer.rewrite("ein Fuchs im Schnee", "", Options(multi_lingual=True))
-        assert written.prompt == "ein Fuchs im Schnee"
-        assert "not on the hub" in written.echo["notes"]["multi_lingual"]
-    assert len(loads) == 1  # remembered, not tried again on every request
+    request = make_request(prompt="ein Fuchs im Schnee", multi_lingual=True, enhance_prompt=True)
+    drawn = render(request, unloadable)
+    assert drawn.prompt == f"ein Fuchs im Schnee, {ENHANCE_WORDS}"  # the other options still run
+    assert drawn.note is not None and "not on the hub" in drawn.note
+    assert "no translator" in (render(request).note or "")
 
 
 # --- reading the wire --------------------------------------------------------------------------
@@ -87,8 +88,7 @@ def read(
 
 
 def view(options: Options) -> SimpleNamespace:
-    prompt = {"enhance_prompt", "enhance_style", "multi_lingual", "notes"}
-    return SimpleNamespace(**options.request, **{name: getattr(options, name) for name in prompt})
+    return SimpleNamespace(**options.request, notes=options.notes)
 
 
 #: What a request that asks for no option gets.
@@ -228,24 +228,24 @@ def test_first_pass_size(size: tuple, highres: bool, native: int, first: tuple) 
 
 
 def test_meta_says_what_was_done_and_why_not(tmp_path: Path) -> None:
-    request = make_request(panorama=True, upscale=2, vae="org/v")
-    echo = {
-        "enhance_prompt": True,
-        "enhance_style": "anime",
-        "language": "de",
-        "multi_lingual": True,
-        "notes": {"self_attention": "self_attention was not applied: not combined"},
-    }
+    request = make_request(
+        panorama=True, upscale=2, vae="org/v", enhance_prompt=True, enhance_style="anime",
+        multi_lingual=True,
+    )  # fmt: skip
+    echo = Echo(notes={"self_attention": "self_attention was not applied: not combined"})
+    drawn = Rendered("anime artwork of a fox, ...", "", language="de", translated=True)
     job = Job(id=1, owner="k", status=JobStatus.SUCCESS, request=request, created_at=0.0,
-              output_names=("generations/x-0.png",), echo=echo)  # fmt: skip
+              output_names=("generations/x-0.png",), echo=echo, rendered=drawn)  # fmt: skip
     data = meta(job, Links("http://h", LocalStore(tmp_path)))
     assert data["panorama"] == "yes" and data["self_attention"] == "no"
     assert data["upscale"] == "2" and data["vae"] == "org/v" and data["tomesd"] == "no"
     assert data["enhance_prompt"] == "yes" and data["enhance_style"] == "anime"
     assert data["multi_lingual"] == "yes" and data["language"] == "de"
+    assert data["prompt"] == drawn.prompt  # what the worker drew from
     assert data["self_attention_note"].startswith("self_attention was not applied")
     plain = meta(
-        replace(job, request=make_request(), echo={}), Links("http://h", LocalStore(tmp_path))
+        replace(job, request=make_request(), echo=Echo(), rendered=None),
+        Links("http://h", LocalStore(tmp_path)),
     )
     assert plain["upscale"] == "no" and plain["vae"] == "default"
     assert not [key for key in plain if key.endswith("_note")]

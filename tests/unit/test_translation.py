@@ -1,28 +1,23 @@
 """Prompt translation without a model: language detection's decisions, `--translator`
-references, and what never loads torch (English, empty and unknown prompts)."""
+references, and what never loads the model (English, empty and unknown prompts)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from sdapi.errors import ConfigurationError
-from sdapi.translation import (
+from sdapi.catalog.translators import (
     ENGLISH,
     LANGUAGES,
     MBART_CODES,
     TINY_TRANSLATOR_ID,
-    UNKNOWN,
-    Translation,
-    Translator,
     check_translator_ref,
-    detect_language,
 )
+from sdapi.engine.translation import UNKNOWN, Translation, Translator, detect_language
+from sdapi.errors import ConfigurationError
 
 ENGLISH_PROMPTS = [
     "a photo of a cat on a sofa, highly detailed, 8k",
@@ -99,17 +94,6 @@ def test_english_and_unknown_prompts_never_load_the_model(tmp_path: Path, prompt
     assert not list(tmp_path.iterdir())  # nothing built either
 
 
-def test_importing_and_detecting_stay_torch_free() -> None:
-    code = (
-        "import sys; from sdapi.translation import detect_language;"
-        " assert detect_language('ein Hund im Schnee') == 'de';"
-        " from sdapi.translation import check_translator_ref as check;"
-        " check('sdapi-tiny-translator'); check('Helsinki-NLP/opus-mt-mul-en');"
-        " sys.exit(bool({'torch', 'transformers', 'sentencepiece'} & set(sys.modules)))"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
 # --- references ------------------------------------------------------------------------------
 
 
@@ -173,7 +157,7 @@ def test_missing_packages_are_reported_at_check_time(
 ) -> None:
     absent = {"py3langid", "sentencepiece"}
     monkeypatch.setattr(
-        "sdapi.translation.find_spec", lambda name: None if name in absent else object()
+        "sdapi.catalog.translators.find_spec", lambda name: None if name in absent else object()
     )
     with pytest.raises(ConfigurationError, match=f"not installed: {missing}$"):
         check_translator_ref(ref)

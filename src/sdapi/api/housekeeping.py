@@ -24,7 +24,7 @@ def webhook_renderer(settings: Settings, backends: Backends) -> Callable[[Job], 
     fallback = settings.public_url or f"http://{settings.host}:{settings.port}"
 
     def render(job: Job) -> Mapping[str, Any]:
-        base_url = settings.public_url or job.echo.get("base_url") or fallback
+        base_url = settings.public_url or job.base_url or fallback
         return translate.webhook_body(job, translate.Links(base_url, backends.images))
 
     return render

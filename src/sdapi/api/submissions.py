@@ -14,8 +14,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
-from sdapi.api.prompts import PromptWriter, Rewritten
 from sdapi.api.v3.protocol import GenerationParams, UpscaleParams, check_upscale_input
 from sdapi.api.watch import SAFETY_POLL_S, JobWatch
 from sdapi.auth.keys import ApiKey
@@ -23,7 +23,7 @@ from sdapi.backends import Backends
 from sdapi.errors import RateLimited, ServerBusy, UnsafeUrl, ValidationFailed
 from sdapi.eta import wait_for
 from sdapi.images import encode_png, load_image_input
-from sdapi.jobs import GenerationRequest, Job, Task
+from sdapi.jobs import Echo, GenerationRequest, Job, Task
 from sdapi.logs import job_context
 from sdapi.queue.base import NewJob, QueueFull
 from sdapi.safeurl import UrlPolicy, parse_url, vet_literal
@@ -63,7 +63,6 @@ class Submissions:
         self.draining = draining or threading.Event()
         #: Wakes `wait` when its job changes (started by the app; without one, `wait` polls).
         self.watch = watch or JobWatch(backends.queue, self.draining)
-        self.prompts = PromptWriter(settings.translator, settings.models_dir)
 
     def create(self, owner: ApiKey, task: Task, params: GenerationParams, base_url: str) -> Job:
         """Store the inputs and enqueue the job (blocking: fetches URLs, writes files).
@@ -75,19 +74,13 @@ class Submissions:
         prefix = str(uuid.uuid4())
         stored = self._store_inputs(prefix, params)
         given = {field: getattr(params, field) for field in stored}
-        options = params.options
-        written = self.prompts.rewrite(params.prompt, params.negative_prompt, options)
-        # What the answer's meta shows beside the options: the language, and why any asked
-        # option was not applied.
-        echo = dict(written.echo)
-        if notes := {**options.notes, **written.echo.get("notes", {})}:
-            echo["notes"] = notes
 
         def build() -> NewJob:
-            request = self._request(task, params, stored, written)
-            return self._new_job(owner, request, params, prefix, given).with_echo(**echo)
+            request = self._request(task, params, stored)
+            new = self._new_job(owner, request, params, prefix, given, base_url)
+            return replace(new, echo=replace(new.echo, notes=params.options.notes))
 
-        return self._enqueue(owner, stored, base_url, build)
+        return self._enqueue(owner, stored, build)
 
     def create_upscale(self, owner: ApiKey, params: UpscaleParams, base_url: str) -> Job:
         """A super_resolution job: the input is fetched, its size checked (it decides the
@@ -102,11 +95,12 @@ class Submissions:
 
         def build() -> NewJob:
             request = self._upscale_request(params, name, image.size)
-            new = self._new_job(owner, request, params, prefix, {"init_image": params.url})
+            given = {"init_image": params.url}
+            new = self._new_job(owner, request, params, prefix, given, base_url)
             # Asked but not done: kept so the answer's meta can say so.
-            return new.with_echo(face_enhance=True) if params.face_enhance else new
+            return replace(new, echo=replace(new.echo, face_enhance=params.face_enhance))
 
-        return self._enqueue(owner, stored, base_url, build)
+        return self._enqueue(owner, stored, build)
 
     def _check_open(self, webhook: str | None) -> None:
         if self.draining.is_set():
@@ -114,13 +108,11 @@ class Submissions:
         if webhook is not None:
             self._check_webhook(webhook)
 
-    def _enqueue(
-        self, owner: ApiKey, stored: dict[str, str], base_url: str, build: Callable[[], NewJob]
-    ) -> Job:
+    def _enqueue(self, owner: ApiKey, stored: dict[str, str], build: Callable[[], NewJob]) -> Job:
         """Enqueue the job `build` makes; the stored inputs go again if it is not queued."""
         try:
             new = build()
-            job = self.backends.queue.enqueue(new.with_echo(base_url=base_url))
+            job = self.backends.queue.enqueue(new)
         except QueueFull as full:
             self._drop(stored.values())
             raise self._refusal(full, owner) from None
@@ -173,13 +165,13 @@ class Submissions:
         return stored
 
     def _request(
-        self, task: Task, params: GenerationParams, stored: dict[str, str], written: Rewritten
+        self, task: Task, params: GenerationParams, stored: dict[str, str]
     ) -> GenerationRequest:
         return GenerationRequest(
             task=task,
             model=params.model_id or self.settings.default_model,
-            prompt=written.prompt,
-            negative_prompt=written.negative_prompt,
+            prompt=params.prompt,
+            negative_prompt=params.negative_prompt,
             width=params.width,
             height=params.height,
             samples=params.samples,
@@ -221,15 +213,14 @@ class Submissions:
         params: GenerationParams | UpscaleParams,
         prefix: str,
         given: dict[str, str],
+        base_url: str,
     ) -> NewJob:
-        """The job around `request`; `given` holds the input images as the client sent them."""
+        """The job around `request`; `given` holds the input images as the client sent them,
+        `base_url` where it sent them (its webhook's links)."""
         now = time.time()
-        echo: dict[str, object] = {"file_prefix": prefix}
-        if params.webhook_progress:
-            echo["webhook_progress"] = True
-        for field, value in given.items():  # echo URLs; base64 is echoed as our stored copy
-            if value.startswith(("http://", "https://")):
-                echo[field] = value
+        # URLs are echoed back; base64 is answered by its stored copy's link.
+        urls = {f: v for f, v in given.items() if v.startswith(("http://", "https://"))}
+        echo = Echo(file_prefix=prefix, **urls)
         keep_until = now + self.settings.temp_ttl if params.temp else None
         return NewJob(
             owner=owner.id,
@@ -238,6 +229,8 @@ class Submissions:
             webhook=params.webhook,
             track_id=params.track_id,
             echo=echo,
+            base_url=base_url,
+            webhook_progress=params.webhook_progress,
             deadline_at=self._deadline(params, now),
             keep_until=keep_until,
             dedupe_since=now - window if (window := self.settings.track_id_window) else None,

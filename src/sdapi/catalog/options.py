@@ -25,6 +25,7 @@ from typing import Any
 
 from sdapi.catalog.adapters import check_adapters, parse_embeddings, parse_loras
 from sdapi.catalog.families import SD, SD3, Family
+from sdapi.catalog.prompts import STYLES
 from sdapi.catalog.vaes import check_vae, parse_vae
 from sdapi.errors import ValidationFailed
 from sdapi.fields import Field
@@ -337,6 +338,29 @@ class CallSize(Valued):
         return {}  # the call the images were made in is the job's, which the answer shows
 
 
+class PromptOption(Option):
+    """The prompt options (sdapi.catalog.prompts): they change the prompts, which are each
+    job's own in a shared call, so never the batch key."""
+
+    def key(self, value: Any) -> str | None:
+        return None
+
+
+class EnhanceStyle(PromptOption):
+    default = None
+
+    def meta(self, request: GenerationRequest) -> dict[str, Any]:
+        return {"enhance_style": request.enhance_style}
+
+
+class MultiLingual(PromptOption):
+    def problem(self, value: Any, context: Context) -> str | None:
+        return None if context.translator else "this server has no translator (--translator)"
+
+    def meta(self, request: GenerationRequest) -> dict[str, Any]:
+        return {}  # whether it was translated is the job's outcome, which the answer shows
+
+
 def variant_problem(option: str, family: Family | None, task: Task) -> str | None:
     """Why panorama or self_attention cannot run on this family and task (diffusers has them
     for SD 1.x/2.x text-to-image only)."""
@@ -502,6 +526,38 @@ OPTIONS: tuple[Option, ...] = (
                 max_length=200,
                 description="A VAE installed in the models folder's vae/ (e.g."
                 " stabilityai/sd-vae-ft-mse) to decode with; the model's own when absent.",
+            ),
+        ),
+    ),
+    PromptOption(
+        "enhance_prompt",
+        (
+            _flag(
+                "enhance_prompt",
+                "Append the real API's quality words to the prompt (meta.prompt shows them)."
+                " sdapi's default is no, so a prompt is drawn as written.",
+            ),
+        ),
+    ),
+    EnhanceStyle(
+        "enhance_style",
+        (
+            Field(
+                "enhance_style",
+                "str",
+                choices=frozenset(STYLES),
+                description="A named look: the prompt is set in the style's words, and its"
+                " negative words join the negative prompt.",
+            ),
+        ),
+    ),
+    MultiLingual(
+        "multi_lingual",
+        (
+            _flag(
+                "multi_lingual",
+                "Translate a prompt that is not in English (needs the server's --translator;"
+                " meta.language says what was detected).",
             ),
         ),
     ),

@@ -59,7 +59,7 @@ def load_pipeline(
     except ConfigurationError:
         raise
     except Exception as exc:  # any loader failure is a configuration problem to report in a line
-        raise ConfigurationError(f"cannot load model {ref!r}: {_reason(exc)}") from exc
+        raise ConfigurationError(f"cannot load model {ref!r}: {loader_error(exc)}") from exc
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -83,7 +83,7 @@ def _checkpoint(entry: ModelEntry, path: Path, models_dir: Path, dtype: Any) -> 
     return checkpoints.load_single_file(path, family, folder, dtype)
 
 
-def _reason(exc: BaseException) -> str:
+def loader_error(exc: BaseException) -> str:
     """One line on why loading failed; diffusers hides "the hub is unreachable" under "no file"."""
     link: BaseException | None = exc
     while link is not None:

@@ -99,7 +99,7 @@ def _tiny_pipeline() -> StableDiffusionPipeline:
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     tokenizer = _tokenizer()
-    unet = _seeded(
+    unet = seeded(
         lambda: UNet2DConditionModel(
             sample_size=64,  # 64 latent px * scale factor 8 = the SD 1.x default of 512 px
             in_channels=4,
@@ -113,8 +113,8 @@ def _tiny_pipeline() -> StableDiffusionPipeline:
         )
     )
     return StableDiffusionPipeline(
-        vae=_seeded(_vae),
-        text_encoder=_seeded(lambda: _text_encoder(tokenizer)),
+        vae=seeded(_vae),
+        text_encoder=seeded(lambda: _text_encoder(tokenizer)),
         tokenizer=tokenizer,
         unet=unet,
         scheduler=_sd_scheduler(),
@@ -130,7 +130,7 @@ def _tiny_sdxl_pipeline() -> StableDiffusionXLPipeline:
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 
     tokenizer = _tokenizer()
-    unet = _seeded(
+    unet = seeded(
         lambda: UNet2DConditionModel(
             sample_size=128,  # 128 latent px * 8 = the SDXL default of 1024 px
             in_channels=4,
@@ -151,9 +151,9 @@ def _tiny_sdxl_pipeline() -> StableDiffusionXLPipeline:
         )
     )
     return StableDiffusionXLPipeline(
-        vae=_seeded(lambda: _vae(scaling_factor=0.13025)),  # SDXL's VAE scaling
-        text_encoder=_seeded(lambda: _text_encoder(tokenizer)),
-        text_encoder_2=_seeded(lambda: _text_encoder_with_projection(tokenizer)),
+        vae=seeded(lambda: _vae(scaling_factor=0.13025)),  # SDXL's VAE scaling
+        text_encoder=seeded(lambda: _text_encoder(tokenizer)),
+        text_encoder_2=seeded(lambda: _text_encoder_with_projection(tokenizer)),
         tokenizer=tokenizer,
         tokenizer_2=tokenizer,
         unet=unet,
@@ -172,7 +172,7 @@ def _tiny_sd3_pipeline() -> StableDiffusion3Pipeline:
 
     tokenizer = _tokenizer()
     t5_tokenizer = _t5_tokenizer()
-    transformer = _seeded(
+    transformer = seeded(
         lambda: SD3Transformer2DModel(
             sample_size=128,  # 128 latent px * 8 = the SD3 default of 1024 px
             patch_size=2,
@@ -187,7 +187,7 @@ def _tiny_sd3_pipeline() -> StableDiffusion3Pipeline:
             pos_embed_max_size=96,  # positions for up to 96 * 2 * 8 = 1536 px
         )
     )
-    vae = _seeded(
+    vae = seeded(
         lambda: _vae(
             latent_channels=16,
             use_quant_conv=False,
@@ -200,11 +200,11 @@ def _tiny_sd3_pipeline() -> StableDiffusion3Pipeline:
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),  # SD3's default sampler
         vae=vae,
-        text_encoder=_seeded(lambda: _text_encoder_with_projection(tokenizer)),
+        text_encoder=seeded(lambda: _text_encoder_with_projection(tokenizer)),
         tokenizer=tokenizer,
-        text_encoder_2=_seeded(lambda: _text_encoder_with_projection(tokenizer)),
+        text_encoder_2=seeded(lambda: _text_encoder_with_projection(tokenizer)),
         tokenizer_2=tokenizer,
-        text_encoder_3=_seeded(lambda: _t5_encoder(t5_tokenizer)),
+        text_encoder_3=seeded(lambda: _t5_encoder(t5_tokenizer)),
         tokenizer_3=t5_tokenizer,
     )
 
@@ -229,7 +229,7 @@ def _tiny_upscale_pipeline() -> StableDiffusionUpscalePipeline:
     )
 
     tokenizer = _tokenizer()
-    unet = _seeded(
+    unet = seeded(
         lambda: UNet2DConditionModel(
             sample_size=128,  # 128 latent px = the real model's default 128 px input
             in_channels=7,  # the noisy latents (4) beside the noised low-resolution RGB image
@@ -244,7 +244,7 @@ def _tiny_upscale_pipeline() -> StableDiffusionUpscalePipeline:
             num_class_embeds=1000,  # noise_level (0..max_noise_level) is the class label
         )
     )
-    vae = _seeded(
+    vae = seeded(
         lambda: AutoencoderKL(
             block_out_channels=[32, 32, 64],  # 3 blocks => vae_scale_factor 4, as the real one
             down_block_types=["DownEncoderBlock2D"] * 3,
@@ -260,7 +260,7 @@ def _tiny_upscale_pipeline() -> StableDiffusionUpscalePipeline:
     betas = {"beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "scaled_linear"}
     return StableDiffusionUpscalePipeline(
         vae=vae,
-        text_encoder=_seeded(lambda: _text_encoder(tokenizer)),
+        text_encoder=seeded(lambda: _text_encoder(tokenizer)),
         tokenizer=tokenizer,
         unet=unet,
         low_res_scheduler=DDPMScheduler(**betas, clip_sample=False),
@@ -284,7 +284,7 @@ def _quiet() -> None:
     quiet_libraries()  # before importing the pipelines: transformers warns at import time
 
 
-def _seeded(make: Callable[[], _T]) -> _T:
+def seeded(make: Callable[[], _T]) -> _T:
     """`make()` with the global RNG seeded from SEED, restored afterwards.
 
     Each component gets the same fresh seed, so adding or reordering components never changes

@@ -11,13 +11,13 @@ Guarantees every backend gives (tests/contract/test_queue.py checks them on each
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from sdapi.catalog.work import batch_key, call_steps, work_units
 from sdapi.costs import OBSERVATIONS, Call, Cost, fit, scale
-from sdapi.jobs import GenerationRequest, Job, Pending, QueueStats, Task
+from sdapi.jobs import Echo, GenerationRequest, Job, Pending, QueueStats, Rendered, Task
 from sdapi.metrics import Sample
 
 Clock = Callable[[], float]
@@ -37,7 +37,9 @@ class NewJob:
     output_names: tuple[str, ...]
     webhook: str | None = None
     track_id: str | None = None
-    echo: Mapping[str, Any] = field(default_factory=dict)
+    echo: Echo = field(default_factory=Echo)
+    base_url: str | None = None
+    webhook_progress: bool = False
     deadline_at: float | None = None
     keep_until: float | None = None
     #: With a track_id: the owner's job with the same track_id created at or after this time,
@@ -51,9 +53,6 @@ class NewJob:
     @property
     def webhook_status(self) -> str:
         return "pending" if self.webhook else ""
-
-    def with_echo(self, **more: Any) -> NewJob:
-        return replace(self, echo={**self.echo, **more})
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,10 +235,12 @@ class JobQueue(Protocol):
         generation_seconds: float,
         call_size: int | None = None,
         nsfw: bool = False,
+        rendered: Rendered | None = None,
     ) -> bool:
         """Mark success if `lease_id` still holds the job. `call_size`: how many images the
         pipeline call that made its images computed; `nsfw`: the safety checker replaced at
-        least one of its images."""
+        least one of its images; `rendered`: the prompts the worker drew from, when the prompt
+        options rewrote them."""
         ...
 
     def record_call(

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 from sdapi.catalog.work import batch_key as key_of
 from sdapi.costs import OBSERVATIONS, Call, Cost
-from sdapi.jobs import Job, JobStatus, QueueStats
+from sdapi.jobs import Job, JobStatus, QueueStats, Rendered
 from sdapi.metrics import LocalMetrics, Sample, job_ended, webhook_attempt
 from sdapi.queue.base import (
     ABANDONED_ERROR,
@@ -78,7 +78,9 @@ class MemoryQueue:
                 created_at=self.clock(),
                 webhook=new.webhook,
                 track_id=new.track_id,
-                echo=dict(new.echo),
+                echo=new.echo,
+                base_url=new.base_url,
+                webhook_progress=new.webhook_progress,
                 webhook_status=new.webhook_status,
                 deadline_at=new.deadline_at,
                 keep_until=new.keep_until,
@@ -216,6 +218,7 @@ class MemoryQueue:
         generation_seconds: float,
         call_size: int | None = None,
         nsfw: bool = False,
+        rendered: Rendered | None = None,
     ) -> bool:
         with self._lock:
             job = self._held(job_id, lease_id)
@@ -229,6 +232,7 @@ class MemoryQueue:
                 nsfw=nsfw,
                 generation_seconds=generation_seconds,
                 call_size=call_size,
+                rendered=rendered,
                 lease_id=None,
                 lease_expires_at=None,
             )

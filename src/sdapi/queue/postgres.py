@@ -26,7 +26,7 @@ import psycopg
 
 from sdapi.costs import OBSERVATIONS, Call, Cost
 from sdapi.database.postgres import PostgresDatabase
-from sdapi.jobs import Job, QueueStats
+from sdapi.jobs import Job, QueueStats, Rendered
 from sdapi.metrics import Sample, webhook_attempt
 from sdapi.queue.base import (
     ABANDONED_ERROR,
@@ -88,6 +88,7 @@ from sdapi.queue.rows import (
     line_of,
     pending_from_row,
     queue_stats,
+    succeed_args,
     webhook_event_args,
     webhook_record_args,
 )
@@ -223,11 +224,13 @@ class PostgresQueue:
         generation_seconds: float,
         call_size: int | None = None,
         nsfw: bool = False,
+        rendered: Rendered | None = None,
     ) -> bool:
         now = self.clock()
         with self.db.transaction() as conn:
             cur = conn.execute(
-                SUCCEED.format(p="%s"), (now, generation_seconds, nsfw, call_size, job_id, lease_id)
+                SUCCEED.format(p="%s"),
+                succeed_args(now, generation_seconds, nsfw, call_size, rendered, job_id, lease_id),
             )
             if cur.rowcount:
                 _ended(conn, [job_id], now)

@@ -10,7 +10,16 @@ from typing import Any, Protocol
 
 from sdapi.catalog.work import batch_key, call_steps, work_units
 from sdapi.costs import Cost
-from sdapi.jobs import GenerationRequest, Job, JobStatus, Pending, QueueStats, sources_of
+from sdapi.jobs import (
+    Echo,
+    GenerationRequest,
+    Job,
+    JobStatus,
+    Pending,
+    QueueStats,
+    Rendered,
+    sources_of,
+)
 from sdapi.metrics import Sample, job_ended
 from sdapi.queue.base import Learned, Line, NewJob, rate_key
 
@@ -18,7 +27,7 @@ from sdapi.queue.base import Learned, Line, NewJob, rate_key
 INSERT_COLUMNS = (
     "owner", "status", "model", "request", "batch_key", "rate_key", "work_units", "output_names",
     "created_at", "webhook", "track_id", "echo", "webhook_status", "deadline_at", "keep_until",
-    "images", "call_steps",
+    "images", "call_steps", "base_url", "webhook_progress",
 )  # fmt: skip
 
 
@@ -39,8 +48,9 @@ def insert_values(new: NewJob, now: float) -> tuple[Any, ...]:
     return (
         new.owner, JobStatus.QUEUED.value, req.model, req.to_json(), batch_key(req),
         rate_key(req.model, req.task), work_units(req), json.dumps(new.output_names), now,
-        new.webhook, new.track_id, json.dumps(dict(new.echo)), new.webhook_status,
-        new.deadline_at, new.keep_until, req.samples, call_steps(req),
+        new.webhook, new.track_id, new.echo.to_json(), new.webhook_status,
+        new.deadline_at, new.keep_until, req.samples, call_steps(req), new.base_url,
+        new.webhook_progress,
     )  # fmt: skip
 
 
@@ -59,7 +69,8 @@ TO_PROCESSING = states_sql(JobStatus.PROCESSING)
 #: Each holds only for the current lease holder, so a stale worker's late write matches no row.
 SUCCEED = (
     "UPDATE jobs SET status = 'success', finished_at = {p}, generation_seconds = {p},"
-    " nsfw = {p}, call_size = {p}, progress = 1, lease_id = NULL, lease_expires_at = NULL"
+    " nsfw = {p}, call_size = {p}, rendered = {p}, progress = 1, lease_id = NULL,"
+    " lease_expires_at = NULL"
     f" WHERE id = {{p}} AND lease_id = {{p}} AND status IN {states_sql(JobStatus.SUCCESS)}"
 )
 FAIL = (
@@ -170,6 +181,20 @@ def webhook_record_args(
     return event, (status, event_id)
 
 
+def succeed_args(
+    now: float,
+    generation_seconds: float,
+    nsfw: bool,
+    call_size: int | None,
+    rendered: Rendered | None,
+    job_id: int,
+    lease_id: str,
+) -> tuple[Any, ...]:
+    """SUCCEED's arguments."""
+    text = rendered.to_json() if rendered is not None else None
+    return (now, generation_seconds, nsfw, call_size, text, job_id, lease_id)
+
+
 def job_from_row(row: Row) -> Job:
     return Job(
         id=row["id"],
@@ -190,12 +215,17 @@ def job_from_row(row: Row) -> Job:
         error=row["error"],
         webhook=row["webhook"],
         track_id=row["track_id"],
-        echo=json.loads(row["echo"]),
+        echo=Echo.from_json(row["echo"]),
+        # Jobs queued before these were columns kept them in the echo JSON.
+        base_url=row["base_url"] or json.loads(row["echo"]).get("base_url"),
+        webhook_progress=bool(row["webhook_progress"])
+        or bool(json.loads(row["echo"]).get("webhook_progress")),
         webhook_status=row["webhook_status"],
         deadline_at=row["deadline_at"],
         keep_until=row["keep_until"],
         nsfw=bool(row["nsfw"]),
         call_size=row["call_size"],
+        rendered=Rendered.from_json(row["rendered"]) if row["rendered"] else None,
     )
 
 

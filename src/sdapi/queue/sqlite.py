@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 from sdapi.costs import OBSERVATIONS, Call, Cost
 from sdapi.database.sqlite import SQLiteDatabase
-from sdapi.jobs import Job, QueueStats
+from sdapi.jobs import Job, QueueStats, Rendered
 from sdapi.metrics import Sample, webhook_attempt
 from sdapi.queue.base import (
     ABANDONED_ERROR,
@@ -76,6 +76,7 @@ from sdapi.queue.rows import (
     line_of,
     pending_from_row,
     queue_stats,
+    succeed_args,
     webhook_event_args,
     webhook_record_args,
 )
@@ -227,12 +228,13 @@ class SQLiteQueue:
         generation_seconds: float,
         call_size: int | None = None,
         nsfw: bool = False,
+        rendered: Rendered | None = None,
     ) -> bool:
         now = self.clock()
         with self.db.write() as conn:
             cur = conn.execute(
                 SUCCEED.format(p="?"),
-                (now, generation_seconds, nsfw, call_size, job_id, lease_id),
+                succeed_args(now, generation_seconds, nsfw, call_size, rendered, job_id, lease_id),
             )
             if cur.rowcount:
                 self._ended(conn, [job_id], now)

@@ -29,7 +29,7 @@ RUNNING_LIMIT = 500
 
 
 def wants_progress(job: Job) -> bool:
-    return job.webhook is not None and bool(job.echo.get("webhook_progress"))
+    return job.webhook is not None and job.webhook_progress
 
 
 class ProgressNotifier:

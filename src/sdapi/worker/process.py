@@ -13,6 +13,7 @@ import time
 from types import FrameType
 
 from sdapi.backends import open_backends
+from sdapi.catalog.prompts import Translate
 from sdapi.settings import Settings
 from sdapi.worker.runner import Worker
 
@@ -46,6 +47,7 @@ def served_models(settings: Settings) -> list[str]:
 def run_worker(settings: Settings) -> None:
     """Serve jobs until SIGTERM/SIGINT; the job in hand is finished before exiting."""
     from sdapi.catalog.models import check_model_ref, check_upscaler_ref
+    from sdapi.catalog.translators import check_translator_ref
     from sdapi.engine.cache import CachedEngine, EngineCache, default_budget
     from sdapi.engine.engine import Engine
     from sdapi.engine.upscale import UpscaleEngine
@@ -54,6 +56,8 @@ def run_worker(settings: Settings) -> None:
         check_model_ref(model)
     if settings.upscaler:
         check_upscaler_ref(settings.upscaler)
+    if settings.translator:
+        check_translator_ref(settings.translator)
     backends = open_backends(settings)
     device = resolve_device(settings.device)
     threads = settings.threads or None
@@ -76,6 +80,7 @@ def run_worker(settings: Settings) -> None:
         max_batch=settings.max_batch,
         batch_wait=settings.batch_wait,
         fair_every_s=settings.affinity_wait,
+        translate=_translate(settings, device),
     )
     stop = threading.Event()
 
@@ -99,6 +104,21 @@ def run_worker(settings: Settings) -> None:
         worker.run(stop)
     finally:
         backends.close()
+
+
+def _translate(settings: Settings, device: str) -> Translate | None:
+    """The worker's translator for multi_lingual, loaded on the first prompt that needs it."""
+    if not settings.translator:
+        return None
+    from sdapi.engine.translation import Translator
+
+    translator = Translator(settings.translator, settings.models_dir, device)
+
+    def translate(text: str) -> tuple[str, str, bool]:
+        done = translator.translate(text)
+        return done.text, done.language, done.translated
+
+    return translate
 
 
 def _die_with_parent() -> None:

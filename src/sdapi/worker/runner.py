@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sdapi import metrics
 from sdapi.batching import cap_for
+from sdapi.catalog.prompts import Translate, drawn, has_prompt_options, render
 from sdapi.catalog.work import batch_key, call_steps, work_units
 from sdapi.costs import Call, prior_for
 from sdapi.engine.cache import EngineCache
 from sdapi.errors import DatabaseUnavailable, SdapiError
 from sdapi.images import encode_output
-from sdapi.jobs import GenerationRequest, Job
+from sdapi.jobs import GenerationRequest, Job, Rendered
 from sdapi.logs import job_context
 from sdapi.queue.base import JobQueue, WorkerInfo, rate_key
 from sdapi.storage.base import ImageStore
@@ -83,6 +84,7 @@ class Worker:
         batch_wait: float = 0.0,
         fair_every_s: float = FAIR_EVERY_S,
         worker_id: str | None = None,
+        translate: Translate | None = None,
     ) -> None:
         self.queue = queue
         self.images = images
@@ -95,6 +97,8 @@ class Worker:
         self.max_batch = max_batch
         #: How long a batch that found company waits for more of a burst still arriving.
         self.batch_wait = batch_wait
+        #: The translator behind multi_lingual (sdapi.catalog.prompts.render), if any.
+        self.translate = translate
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         #: Set when a shutdown's drain time is up: the batch in hand stops at its next step and
         #: its jobs go back to the queue for another worker.
@@ -191,8 +195,9 @@ class Worker:
         log.info("jobs %s: started (attempts %s)", ids, [job.attempts for job in jobs])
         started = time.monotonic()
         with LeaseKeeper(self.queue, jobs, self.lease_s) as keeper:
+            rendered = self._render(jobs)
             try:
-                outputs, flags = self._generate(jobs, keeper)
+                outputs, flags = self._generate(jobs, rendered, keeper)
             except BatchStopped:
                 if self.abandon.is_set():
                     self._release(jobs)
@@ -210,12 +215,20 @@ class Worker:
             ]
         seconds = time.monotonic() - started
         nsfw = {job.id: any(flagged) for job, flagged in zip(jobs, flags, strict=True)}
-        self._complete(stored, seconds, self._call_size(jobs), nsfw)
+        self._complete(stored, seconds, self._call_size(jobs), nsfw, rendered)
         self._learn(jobs, seconds)
         self._count_batch(jobs)
 
+    def _render(self, jobs: list[Job]) -> dict[int, Rendered | None]:
+        """The prompts each job is drawn from, where its prompt options rewrite them
+        (sdapi.catalog.prompts: translated, styled, enhanced); None where they stay as sent."""
+        return {
+            job.id: render(job.request, self.translate) if has_prompt_options(job.request) else None
+            for job in jobs
+        }
+
     def _generate(
-        self, jobs: list[Job], keeper: LeaseKeeper
+        self, jobs: list[Job], rendered: Mapping[int, Rendered | None], keeper: LeaseKeeper
     ) -> tuple[list[list[Image]], list[list[bool]]]:
         """Each job's images, and which of them the safety checker flagged (and replaced)."""
 
@@ -223,7 +236,7 @@ class Worker:
             keeper.progress = done / max(total, 1)
             return not self._must_stop(keeper)
 
-        requests = [job.request for job in jobs]
+        requests = [drawn(job.request, rendered[job.id]) for job in jobs]
         inputs = [self._load_inputs(request) for request in requests]
         try:
             engine = self.engines.get(requests[0].model)
@@ -272,7 +285,12 @@ class Worker:
         return jobs[0].request.call_size or sum(job.request.samples for job in jobs)
 
     def _complete(
-        self, jobs: list[Job], seconds: float, call_size: int, nsfw: Mapping[int, bool]
+        self,
+        jobs: list[Job],
+        seconds: float,
+        call_size: int,
+        nsfw: Mapping[int, bool],
+        rendered: Mapping[int, Rendered | None],
     ) -> None:
         """Record success: every job of the batch ended when its call did."""
         for job in jobs:
@@ -282,6 +300,7 @@ class Worker:
                 generation_seconds=seconds,
                 call_size=call_size,
                 nsfw=nsfw[job.id],
+                rendered=rendered[job.id],
             ):
                 log.info("job %s: success in %.2f s", job.id, seconds)
             else:

@@ -23,6 +23,7 @@ from sdapi.api.v3.protocol import (
 )
 from sdapi.api.v3.wires import BACKGROUND_TIP, V3, Wire
 from sdapi.catalog.options import OPTIONS
+from sdapi.catalog.prompts import render
 from sdapi.catalog.work import UPSCALE_NATIVE_SCALE
 from sdapi.jobs import Job, JobStatus, Task
 from sdapi.storage.base import ImageStore
@@ -56,15 +57,14 @@ def meta(job: Job, links: Links, wire: Wire = V3) -> dict[str, Any]:
     data: dict[str, Any] = {
         height_key: r.height,
         width_key: r.width,
-        "prompt": r.prompt,
-        "negative_prompt": r.negative_prompt,
+        **_prompts(job),
         "n_samples": r.samples,
         "steps": r.steps,
         "guidance_scale": r.guidance_scale,
         "seed": r.seed,
         "model": r.model,
         "scheduler": r.scheduler or "default",
-        "file_prefix": job.echo.get("file_prefix", ""),
+        "file_prefix": job.echo.file_prefix,
         "base64": _yes_no(any(n.endswith(".base64") for n in job.output_names)),
         "temp": _yes_no(job.keep_until is not None),
     }
@@ -81,23 +81,34 @@ def meta(job: Job, links: Links, wire: Wire = V3) -> dict[str, Any]:
     return data
 
 
+def _prompts(job: Job) -> dict[str, str]:
+    """The prompts the images were drawn from: what the worker reported, else (not yet run)
+    what it will draw, when that can be told without a translator, else the client's."""
+    r = job.request
+    rendered = job.rendered or (None if r.multi_lingual else render(r))
+    if rendered is None:
+        return {"prompt": r.prompt, "negative_prompt": r.negative_prompt}
+    return {"prompt": rendered.prompt, "negative_prompt": rendered.negative_prompt}
+
+
 def option_meta(job: Job) -> dict[str, Any]:
     """The options as done (each as sdapi.catalog.options shows it), the size of the call the
     images were computed in (what reproduces their bytes), and why any asked option was not."""
-    r, echo = job.request, job.echo
+    r, rendered = job.request, job.rendered
     data: dict[str, Any] = {}
     for option in OPTIONS:
         data |= option.meta(r)
     if call_size := job.call_size or r.call_size:
         data["call_size"] = call_size
-    data |= {
-        "enhance_prompt": _yes_no(bool(echo.get("enhance_prompt"))),
-        "enhance_style": echo.get("enhance_style"),
-        "multi_lingual": _yes_no(bool(echo.get("multi_lingual"))),
-    }
-    if "language" in echo:
-        data["language"] = echo["language"]
-    for name, text in echo.get("notes", {}).items():
+    # multi_lingual: whether the prompt was translated, once the worker has told.
+    translated = rendered.translated if rendered is not None else r.multi_lingual
+    data["multi_lingual"] = _yes_no(translated)
+    if rendered is not None and rendered.language is not None:
+        data["language"] = rendered.language
+    notes = dict(job.echo.notes)
+    if rendered is not None and rendered.note is not None:
+        notes["multi_lingual"] = rendered.note
+    for name, text in notes.items():
         data[f"{name}_note"] = text
     return data
 
@@ -126,11 +137,11 @@ def upscale_meta(job: Job, links: Links, wire: Wire = V3) -> dict[str, Any]:
         "noise_level": r.noise_level,
         "seed": r.seed,
         "scheduler": "default",
-        "file_prefix": job.echo.get("file_prefix", ""),
+        "file_prefix": job.echo.file_prefix,
         "base64": _yes_no(any(n.endswith(".base64") for n in job.output_names)),
         "temp": _yes_no(job.keep_until is not None),
     }
-    if job.echo.get("face_enhance"):
+    if job.echo.face_enhance:
         data["face_enhance_note"] = FACE_ENHANCE_NOTE
     if job.track_id is not None:
         data["track_id"] = job.track_id
@@ -145,7 +156,7 @@ def _yes_no(flag: bool) -> str:
 
 def _echo_image(job: Job, links: Links, field: str, stored: str | None) -> str | None:
     # The URL the client gave, or the stored copy's URL when it sent base64 (never echo base64).
-    given = job.echo.get(field)
+    given = getattr(job.echo, field)
     return given if given else (links.image(stored) if stored else None)
 
 

@@ -1,8 +1,8 @@
 """Prompt translation for the wire's `multi_lingual: "yes"`: detect the language, then translate.
 
 The v3 API promises "automatic language detection and translation of the prompt" for the 52
-languages of mBART-50 (ar_AR ... sl_SI). The API process does it at submit time when the operator
-named a translator, so the stored job already holds the English prompt.
+languages of mBART-50 (ar_AR ... sl_SI). Workers do it before drawing, when the operator named a
+translator (sdapi.catalog.prompts.render; sdapi.catalog.translators checks `--translator`).
 
 - Detection: py3langid (langid.py's maintained fork): a naive Bayes model shipped inside the
   wheel (4.5 MB, no download), deterministic, about 0.1 ms a prompt, restricted here to the 52
@@ -20,26 +20,34 @@ named a translator, so the stored job already holds the English prompt.
   is translated piece by piece; weights such as "(word:1.2)" go through the model as text and
   may not survive.
 
-Importing this module imports neither py3langid, torch nor transformers: the detector loads on
-the first detection, the model on the first prompt that needs translating.
+The detector loads on the first detection, the model on the first prompt that needs translating.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import threading
 import unicodedata
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib.util import find_spec
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from sdapi.catalog.translators import (
+    CONFIG,
+    ENGLISH,
+    LANGUAGES,
+    TINY_TRANSLATOR_ID,
+    check_model_type,
+    check_translator_ref,
+)
+from sdapi.engine import quiet_libraries
+from sdapi.engine.models import loader_error
+from sdapi.engine.tiny import seeded
 from sdapi.errors import ConfigurationError
 from sdapi.folders import build_atomically
 
@@ -47,25 +55,8 @@ if TYPE_CHECKING:
     from py3langid.langid import LanguageIdentifier
     from transformers import MarianMTModel, MarianTokenizer, PreTrainedModel
 
-TINY_TRANSLATOR_ID = "sdapi-tiny-translator"
-ENGLISH = "en"
 #: The language of a prompt that cannot be told (empty, a single ambiguous word, only numbers).
 UNKNOWN = "unknown"
-#: mBART-50's language codes, the wire's list for `multi_lingual`.
-MBART_CODES = (
-    "ar_AR", "cs_CZ", "de_DE", "en_XX", "es_XX", "et_EE", "fi_FI", "fr_XX", "gu_IN", "hi_IN",
-    "it_IT", "ja_XX", "kk_KZ", "ko_KR", "lt_LT", "lv_LV", "my_MM", "ne_NP", "nl_XX", "ro_RO",
-    "ru_RU", "si_LK", "tr_TR", "vi_VN", "zh_CN", "af_ZA", "az_AZ", "bn_IN", "fa_IR", "he_IL",
-    "hr_HR", "id_ID", "ka_GE", "km_KH", "mk_MK", "ml_IN", "mn_MN", "mr_IN", "pl_PL", "ps_AF",
-    "pt_XX", "sv_SE", "sw_KE", "ta_IN", "te_IN", "th_TH", "tl_XX", "uk_UA", "ur_PK", "xh_ZA",
-    "gl_ES", "sl_SI",
-)  # fmt: skip
-#: ISO 639-1 code (what `Translation.language` holds) -> mBART-50 code.
-LANGUAGES: Mapping[str, str] = MappingProxyType({code[:2]: code for code in MBART_CODES})
-#: The model types sdapi knows how to drive (config.json's model_type).
-MODEL_TYPES = ("marian", "mbart")
-#: What every translator needs (Marian's tokenizer also needs sentencepiece).
-_PACKAGES = ("py3langid", "torch", "transformers")
 
 #: A non-English language must reach this probability to be translated...
 MIN_CONFIDENCE = 0.4
@@ -99,10 +90,6 @@ _SCRIPTS = MappingProxyType(
 _TAG = re.compile(r"<[^<>]*>")
 #: Weights "(word:1.2)" and brackets: noise to the detector.
 _SYNTAX = re.compile(r":\s*-?\d+(?:\.\d+)?|[()\[\]{}]")
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$", re.ASCII)
-_REPO_HINT = "Helsinki-NLP/opus-mt-mul-en or facebook/mbart-large-50-many-to-one-mmt"
-#: The marker of a complete transformers model folder.
-_CONFIG = "config.json"
 #: What the tiny translator's sentencepiece vocabulary is trained on.
 _TINY_CORPUS = (
     "a photo of a cat on a sofa, highly detailed",
@@ -179,62 +166,6 @@ def _script_language(text: str) -> str | None:
     return languages.pop() if len(languages) == 1 else None
 
 
-# --- references ------------------------------------------------------------------------------
-
-
-def check_translator_ref(ref: str) -> str:
-    """Validate `--translator` without loading anything (torch-free): the reference, and that
-    the packages it needs are installed. Returns it as checked (a folder as an absolute path)."""
-    checked, model_type = _resolve_ref(ref)
-    _check_installed(_PACKAGES + (("sentencepiece",) if model_type == "marian" else ()))
-    return checked
-
-
-def _resolve_ref(ref: str) -> tuple[str, str | None]:
-    """The reference as checked, and its model type (None for a hub model not downloaded yet:
-    only opus-mt's names tell theirs)."""
-    if ref == TINY_TRANSLATOR_ID:
-        return ref, "marian"
-    path = Path(ref).expanduser()
-    if ref.strip() and path.is_dir():  # Path("") is the working directory
-        return str(path.resolve()), _folder_model_type(path)
-    if path.exists() or ref.startswith(("/", ".", "~")) or not _REPO_ID.match(ref):
-        raise ConfigurationError(
-            f"translator {ref!r} is neither {TINY_TRANSLATOR_ID}, a transformers translation "
-            f"model folder, nor a Hugging Face repo id such as {_REPO_HINT}"
-        )
-    return ref, "marian" if "opus-mt" in ref.lower() else None
-
-
-def _folder_model_type(folder: Path) -> str:
-    try:
-        config = json.loads((folder / _CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise ConfigurationError(
-            f"translator folder {folder} has no readable {_CONFIG}: not a transformers model folder"
-        ) from None
-    model_type = config.get("model_type") if isinstance(config, dict) else None
-    _check_model_type(model_type, folder)
-    return str(model_type)
-
-
-def _check_installed(packages: Sequence[str]) -> None:
-    """At start rather than at the first foreign prompt; find_spec imports nothing."""
-    missing = [name for name in packages if find_spec(name) is None]
-    if missing:
-        raise ConfigurationError(
-            f"translation needs packages that are not installed: {', '.join(missing)}"
-        )
-
-
-def _check_model_type(model_type: object, where: object) -> None:
-    if model_type not in MODEL_TYPES:
-        raise ConfigurationError(
-            f"translator {where} holds a {model_type} model; sdapi translates with Marian "
-            f"(opus-mt-*-en) or mBART-50 many-to-one models"
-        )
-
-
 # --- the translator ---------------------------------------------------------------------------
 
 
@@ -256,6 +187,9 @@ class Translator:
         self._tokenizer: Any = None
         self._languages: frozenset[str] = frozenset()
         self._mbart = False
+        #: A model that failed to load is not tried again for every prompt (a hub model that
+        #: cannot be downloaded would cost each job the attempt); a restart tries again.
+        self._failure: str | None = None
 
     @property
     def loaded(self) -> bool:
@@ -293,7 +227,16 @@ class Translator:
     def _load_locked(self) -> None:
         if self._model is not None:
             return
-        _quiet_transformers()
+        if self._failure is not None:
+            raise ConfigurationError(self._failure)
+        try:
+            self._load_model_locked()
+        except Exception as exc:
+            self._failure = f"the translator cannot be loaded: {exc}"
+            raise
+
+    def _load_model_locked(self) -> None:
+        quiet_libraries()
         import torch
 
         if self.threads is not None:
@@ -321,15 +264,13 @@ class Translator:
             model = AutoModelForSeq2SeqLM.from_pretrained(source, cache_dir=cache, dtype=dtype)
             model.to(self.device).eval()
         except Exception as exc:  # one line for the log and the start-up error, as models.py does
-            from sdapi.engine.models import _reason
-
             raise ConfigurationError(
-                f"cannot load translator {self.source!r}: {_reason(exc)}"
+                f"cannot load translator {self.source!r}: {loader_error(exc)}"
             ) from exc
         return model, tokenizer
 
     def _check(self, model: PreTrainedModel, tokenizer: Any) -> None:
-        _check_model_type(model.config.model_type, repr(self.source))
+        check_model_type(model.config.model_type, repr(self.source))
         target = getattr(tokenizer, "target_lang", None)
         if model.config.model_type == "marian" and target not in (None, ENGLISH, "eng"):
             raise ConfigurationError(
@@ -402,17 +343,6 @@ def _model_languages(tokenizer: Any, mbart: bool) -> frozenset[str]:
     return frozenset({code}) if code in every else every
 
 
-def _quiet_transformers() -> None:
-    """No progress bars or chatter in the API's log (without importing diffusers, as
-    sdapi.engine.models.quiet_libraries would); an operator's TRANSFORMERS_VERBOSITY wins."""
-    forced = os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error") == "error"
-    import transformers.utils.logging
-
-    transformers.utils.logging.disable_progress_bar()
-    if forced:
-        transformers.utils.logging.set_verbosity_error()
-
-
 # --- the built-in tiny translator -------------------------------------------------------------
 
 
@@ -420,16 +350,14 @@ def build_tiny_translator(dest: Path) -> Path:
     """Build `sdapi-tiny-translator` into `dest` unless it is there (atomically, as the tiny
     models: sdapi.folders); returns `dest`."""
     return build_atomically(
-        dest, _CONFIG, _save_tiny_translator, "a translator folder", TINY_TRANSLATOR_ID
+        dest, CONFIG, _save_tiny_translator, "a translator folder", TINY_TRANSLATOR_ID
     )
 
 
 def _save_tiny_translator(folder: Path) -> None:
-    _quiet_transformers()
-    from sdapi.engine.tiny import _seeded
-
+    quiet_libraries()
     tokenizer = _tiny_tokenizer(folder)
-    model = _seeded(lambda: _tiny_model(tokenizer))
+    model = seeded(lambda: _tiny_model(tokenizer))
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
 

@@ -1,7 +1,12 @@
-"""Prompt rewriting the wire asks for: `enhance_prompt` and `enhance_style` (spec sections 3, 10).
+"""The prompt options (spec sections 3, 10): `multi_lingual`, `enhance_style`, `enhance_prompt`.
 
-Both are text, done when the job is submitted, so the answer's `meta.prompt` shows the prompt
-the model really got (as the real API's does) and a retried job draws the same picture.
+`render` gives the prompts the model draws: translated to English (`multi_lingual`, by the
+worker's translator, sdapi.engine.translation), set in a named style, then with the quality
+words appended, in that order, so the style's and the quality words stay English. The stored
+request keeps the prompts as the client sent them; the worker renders them before drawing and
+reports what it drew from, which the answers then show. Without translation the rendering is
+pure, so the API shows it in meta before the job runs, as the real API shows its enhanced
+prompt.
 
 - `enhance_prompt`: the quality words the real API appends (spec section 3, verbatim).
 - `enhance_style`: a named look, as Stability's style presets: the prompt is set inside the
@@ -13,8 +18,11 @@ Torch-free and pure.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Final
+
+from sdapi.jobs import GenerationRequest, Rendered
 
 #: What the real API appends with enhance_prompt (spec section 3, as its meta.prompt shows).
 ENHANCE_WORDS: Final = (
@@ -112,3 +120,42 @@ def apply_style(name: str, prompt: str, negative_prompt: str) -> tuple[str, str]
     style = STYLES[name]
     negative = ", ".join(part for part in (negative_prompt.strip(), style.negative) if part)
     return style.template.replace("{prompt}", prompt.strip()), negative
+
+
+#: Translates one text into English: (the English text, the language detected, whether it was
+#: translated); raises when the translator cannot run.
+Translate = Callable[[str], tuple[str, str, bool]]
+
+
+def render(request: GenerationRequest, translate: Translate | None = None) -> Rendered:
+    """The prompts `request` is drawn from. Translation needs `translate` (the worker's);
+    without one, or when it fails, the prompts stay in their language and `note` says why."""
+    prompt, negative = request.prompt, request.negative_prompt
+    language, translated, note = None, False, None
+    if request.multi_lingual:
+        try:
+            if translate is None:
+                raise RuntimeError("this worker has no translator (--translator)")
+            prompt, language, translated = translate(prompt)
+            if negative.strip():
+                negative = translate(negative)[0]
+        except Exception as exc:  # the client asked for a picture, not for a translation
+            prompt, negative = request.prompt, request.negative_prompt
+            note = f"multi_lingual was not applied: {exc}"
+    if request.enhance_style:
+        prompt, negative = apply_style(request.enhance_style, prompt, negative)
+    if request.enhance_prompt:
+        prompt = enhance(prompt)
+    return Rendered(prompt, negative, language, translated, note)
+
+
+def has_prompt_options(request: GenerationRequest) -> bool:
+    """Whether rendering changes anything: a prompt option is on."""
+    return request.multi_lingual or request.enhance_style is not None or request.enhance_prompt
+
+
+def drawn(request: GenerationRequest, rendered: Rendered | None) -> GenerationRequest:
+    """`request` with the prompts the model draws (as given when nothing rewrote them)."""
+    if rendered is None:
+        return request
+    return replace(request, prompt=rendered.prompt, negative_prompt=rendered.negative_prompt)
