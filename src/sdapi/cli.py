@@ -430,7 +430,7 @@ def models_list(**flags: Any) -> None:
     """List the declared and built-in models, and which ones --model serves."""
     settings = load_settings(flags)
     registry = _or_exit(_load_registry, settings)
-    rows = [("ID", "FAMILY", "SERVED", "SOURCE")]
+    rows: list[tuple[str, ...]] = [("ID", "FAMILY", "SERVED", "SOURCE")]
     rows += [_model_row(entry, registry, settings) for entry in _listed(registry, settings)]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:

@@ -59,7 +59,7 @@ class JsonFormatter(logging.Formatter):
             "pid": record.process,
             "message": record.getMessage(),
         }
-        ids = getattr(record, "job_ids", ())
+        ids: tuple[int, ...] = getattr(record, "job_ids", ())
         if len(ids) == 1:
             line["job_id"] = ids[0]
         elif ids:

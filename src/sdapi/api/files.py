@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import APIRouter, HTTPException
 from starlette.concurrency import run_in_threadpool
@@ -32,14 +33,17 @@ async def _serve(request: Request, name: str) -> Response:
 
 
 #: What the file routes answer, for the OpenAPI document.
-FILE_ANSWERS: dict[int | str, dict[str, object]] = {
+FILE_ANSWERS: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The PNG, or its base64 text for `.base64` names",
         "content": {"image/png": {}, "text/plain": {}},
     },
     404: {"description": "No such file (or it was removed by retention)"},
 }
-TEMP_ANSWERS = {**FILE_ANSWERS, 410: {"description": "The temporary link has expired"}}
+TEMP_ANSWERS: dict[int | str, dict[str, Any]] = {
+    **FILE_ANSWERS,
+    410: {"description": "The temporary link has expired"},
+}
 
 
 @router.get(

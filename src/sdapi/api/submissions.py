@@ -220,7 +220,7 @@ class Submissions:
         now = time.time()
         # URLs are echoed back; base64 is answered by its stored copy's link.
         urls = {f: v for f, v in given.items() if v.startswith(("http://", "https://"))}
-        echo = Echo(file_prefix=prefix, **urls)
+        echo = Echo(prefix, urls.get("init_image"), urls.get("mask_image"))
         keep_until = now + self.settings.temp_ttl if params.temp else None
         return NewJob(
             owner=owner.id,
@@ -256,7 +256,8 @@ class Submissions:
         deadline = time.monotonic() + timeout
         with self.watch.waiting(job.id) as changed:
             while True:
-                job = await asyncio.to_thread(self.backends.queue.get, job.id) or job
+                now = await asyncio.to_thread(self.backends.queue.get, job.id)
+                job = now or job
                 left = deadline - time.monotonic()
                 # Shutting down: the job is durable, answer processing.
                 if job.status.is_terminal or left <= 0 or self.draining.is_set():

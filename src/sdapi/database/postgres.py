@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
 from sdapi.errors import ConfigurationError, DatabaseUnavailable
@@ -79,7 +79,8 @@ class PostgresDatabase:
             min_size=min_size,
             max_size=max_size,
             timeout=pool_timeout,
-            kwargs={"autocommit": True, "row_factory": dict_row, **KEEPALIVES},
+            connection_class=psycopg.Connection[DictRow],
+            kwargs={"autocommit": True, "row_factory": dict_row},
             # One empty round trip per checkout: after a server restart or a failover the pool
             # hands out fresh connections instead of failing one call per dead connection.
             check=ConnectionPool.check_connection,
@@ -130,7 +131,6 @@ class PostgresDatabase:
             autocommit=True,
             # libpq counts whole seconds and treats anything under 2 as 2.
             connect_timeout=max(2, min(CONNECT_TIMEOUT_S, round(timeout))),
-            **KEEPALIVES,
         )
         try:
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
@@ -200,12 +200,13 @@ def _migrations() -> list[tuple[str, str]]:
 
 
 def _with_defaults(url: str) -> str:
-    """The URL plus a connect timeout and an application name, unless it sets its own."""
+    """The URL plus a connect timeout, an application name and TCP keepalives, unless it sets
+    its own."""
     try:
         given = conninfo_to_dict(url)
     except psycopg.Error as exc:
         raise ConfigurationError(f"bad PostgreSQL URL {redact(url)!r}: {reason(exc)}") from exc
-    extra = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "sdapi"}
+    extra = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "sdapi", **KEEPALIVES}
     params = [f"{key}={value}" for key, value in extra.items() if key not in given]
     if not params:
         return url

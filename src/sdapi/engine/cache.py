@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -26,24 +26,27 @@ class CachedEngine(Protocol):
     def unload(self) -> None: ...
 
 
-class EngineCache:
+E = TypeVar("E", bound=CachedEngine)
+
+
+class EngineCache(Generic[E]):
     """Engines by model, loaded on first use, evicted least recently used beyond `budget`.
 
     The engine just used is never evicted, so a model larger than the whole budget still runs
     (alone). `budget_bytes` 0 means one model at a time.
     """
 
-    def __init__(self, factory: Callable[[str], CachedEngine], budget_bytes: int) -> None:
+    def __init__(self, factory: Callable[[str], E], budget_bytes: int) -> None:
         self.factory = factory
         self.budget_bytes = budget_bytes
-        self._engines: OrderedDict[str, CachedEngine] = OrderedDict()
+        self._engines: OrderedDict[str, E] = OrderedDict()
 
     @property
     def loaded(self) -> list[str]:
         """Loaded models, least recently used first."""
         return list(self._engines)
 
-    def get(self, model: str) -> CachedEngine:
+    def get(self, model: str) -> E:
         engine = self._engines.get(model)
         if engine is None:
             engine = self.factory(model)

@@ -43,7 +43,7 @@ def is_default(clip_skip: int | None) -> bool:
 
 def to_diffusers(clip_skip: int | None) -> int | None:
     """The pipelines' `clip_skip` argument for a wire value (layers skipped; None for none)."""
-    return None if is_default(clip_skip) else clip_skip - 1
+    return None if clip_skip is None or is_default(clip_skip) else clip_skip - 1
 
 
 def diffusers_clip_skip(
@@ -74,7 +74,7 @@ def _most_clip_skip(pipe: DiffusionPipeline, family: Family | None) -> int:
     penultimate layer. There are layers + 1 hidden states (the input embeddings first).
     """
     layers = min(
-        encoder.config.num_hidden_layers
+        int(encoder.config.num_hidden_layers)
         for name in ("text_encoder", "text_encoder_2")
         if (encoder := getattr(pipe, name, None)) is not None
     )

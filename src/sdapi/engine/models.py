@@ -77,8 +77,9 @@ def _load_folder_or_repo(source: str, models_dir: Path, dtype: Any) -> Diffusion
 
 def _checkpoint(entry: ModelEntry, path: Path, models_dir: Path, dtype: Any) -> DiffusionPipeline:
     family = checkpoint_family_of(entry, path)
-    if entry.config in BUILTIN_MODELS and BUILTIN_MODELS[entry.config] == family:
-        build_tiny_model(models_dir / entry.config, entry.config)
+    builtin = entry.config
+    if builtin is not None and BUILTIN_MODELS.get(builtin) == family:
+        build_tiny_model(models_dir / builtin, builtin)
     folder = config_folder(entry, path, family, models_dir)
     return checkpoints.load_single_file(path, family, folder, dtype)
 

@@ -88,6 +88,7 @@ class SecondPass(Effect):
 
 class Vae(Effect):
     def prepare(self, engine: Engine, pipe: DiffusionPipeline, request: GenerationRequest) -> None:
+        assert request.vae is not None  # the effect of a VAE that is on
         engine.vaes.get(request.vae, pipe.vae)  # loads it, or refuses it, before the work
 
     def around(

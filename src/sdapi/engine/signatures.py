@@ -10,7 +10,7 @@ from diffusers import DiffusionPipeline
 
 
 def accepts(pipe: DiffusionPipeline, parameter: str) -> bool:
-    return parameter in _call_parameters(type(pipe))
+    return parameter in _call_parameters(pipe.__class__)
 
 
 @functools.cache

@@ -74,8 +74,8 @@ def finest_attention_downsample(unet: Any) -> int:
     blocks = list(unet.down_blocks)
     for index, block in enumerate(blocks):
         if getattr(block, "attentions", None):
-            return 2**index
-    return 2 ** (len(blocks) - 1)
+            return int(2**index)
+    return int(2 ** (len(blocks) - 1))
 
 
 def is_patched(pipe: DiffusionPipeline) -> bool:

@@ -129,7 +129,7 @@ def detect_language(text: str) -> str:
     text = _detection_text(text)
     if not text:
         return UNKNOWN
-    ranking = _identifier().rank(text)
+    ranking: list[tuple[str, float]] = _identifier().rank(text)
     best, confidence = ranking[0]
     if best == ENGLISH:
         return ENGLISH
@@ -313,7 +313,8 @@ class Translator:
         longest = int(batch["input_ids"].shape[1])
         with torch.inference_mode():
             output = model.generate(**batch, max_new_tokens=_max_new_tokens(longest), **extra)
-        return tokenizer.batch_decode(output, skip_special_tokens=True)
+        english: list[str] = tokenizer.batch_decode(output, skip_special_tokens=True)
+        return english
 
 
 def _max_new_tokens(input_tokens: int) -> int:

@@ -148,7 +148,7 @@ def check_fit(vae: AutoencoderKL, like: AutoencoderKL, label: str) -> None:
 
 def scale_factor(vae: AutoencoderKL) -> int:
     """How many times the VAE shrinks an image (as diffusers' pipelines compute it)."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
+    return int(2 ** (len(vae.config.block_out_channels) - 1))
 
 
 def _load_folder(folder: Path) -> AutoencoderKL:
@@ -171,7 +171,7 @@ def _load_file(path: Path, like: AutoencoderKL) -> AutoencoderKL:
 
 
 def _placed_as(vae: AutoencoderKL, like: AutoencoderKL) -> bool:
-    return vae.device == like.device and vae.dtype == like.dtype
+    return bool(vae.device == like.device and vae.dtype == like.dtype)
 
 
 def _signature(source: Path) -> Signature:

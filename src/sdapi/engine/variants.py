@@ -16,13 +16,15 @@ Which families and tasks they serve is the catalog's (sdapi.catalog.options.vari
 
 from __future__ import annotations
 
-import functools
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from diffusers import (
+    DiffusionPipeline,
+    StableDiffusionPanoramaPipeline,
+    StableDiffusionSAGPipeline,
+)
 
 from sdapi.jobs import GenerationRequest
-
-if TYPE_CHECKING:
-    from diffusers import DiffusionPipeline
 
 PANORAMA = "panorama"
 SELF_ATTENTION = "self_attention"
@@ -40,11 +42,33 @@ def variant_of(request: GenerationRequest) -> str | None:
     return None
 
 
+class NativePanorama(StableDiffusionPanoramaPipeline):  # type: ignore[misc]
+    """Windows of the model's native size. diffusers fixes them at 64 latents (512 px, SD 1.x):
+    right for SD 1.x, too small for 768 px SD 2.x models, too large for others."""
+
+    def get_views(
+        self,
+        panorama_height: int,
+        panorama_width: int,
+        window_size: int = 64,
+        stride: int = 8,
+        circular_padding: bool = False,
+    ) -> list[tuple[int, int, int, int]]:
+        window = int(self.unet.config.sample_size)
+        # diffusers' ratio: a window moves by an eighth of itself.
+        views: list[tuple[int, int, int, int]] = super().get_views(
+            panorama_height,
+            panorama_width,
+            window_size=window,
+            stride=max(1, window // 8),
+            circular_padding=circular_padding,
+        )
+        return views
+
+
 def derive(base: DiffusionPipeline, variant: str) -> DiffusionPipeline:
     """The variant's pipeline over `base`'s components (no weights are copied)."""
-    from diffusers import StableDiffusionSAGPipeline
-
-    kind = _panorama_class() if variant == PANORAMA else StableDiffusionSAGPipeline
+    kind = NativePanorama if variant == PANORAMA else StableDiffusionSAGPipeline
     pipe = kind.from_pipe(base)
     pipe.set_progress_bar_config(disable=True)  # from_pipe does not copy it
     return pipe
@@ -53,32 +77,3 @@ def derive(base: DiffusionPipeline, variant: str) -> DiffusionPipeline:
 def variant_inputs(variant: str | None) -> dict[str, Any]:
     """The variant's own call arguments (a panorama takes its defaults: no wrap-around)."""
     return {"sag_scale": SAG_SCALE} if variant == SELF_ATTENTION else {}
-
-
-@functools.cache  # one class, made on first use (diffusers is imported lazily)
-def _panorama_class() -> type:
-    from diffusers import StableDiffusionPanoramaPipeline
-
-    class NativePanorama(StableDiffusionPanoramaPipeline):
-        """Windows of the model's native size. diffusers fixes them at 64 latents (512 px,
-        SD 1.x): right for SD 1.x, too small for 768 px SD 2.x models, too large for others."""
-
-        def get_views(
-            self,
-            panorama_height: int,
-            panorama_width: int,
-            window_size: int = 64,
-            stride: int = 8,
-            circular_padding: bool = False,
-        ) -> list[tuple[int, int, int, int]]:
-            window = int(self.unet.config.sample_size)
-            # diffusers' ratio: a window moves by an eighth of itself.
-            return super().get_views(
-                panorama_height,
-                panorama_width,
-                window_size=window,
-                stride=max(1, window // 8),
-                circular_padding=circular_padding,
-            )
-
-    return NativePanorama

@@ -432,6 +432,7 @@ def _ended(conn: Connection, job_ids: Iterable[int], now: float) -> None:
     for job_id in job_ids:
         conn.execute(WEBHOOK_EVENT.format(p="%s"), webhook_event_args(job_id, now))
         row = conn.execute(ENDED.format(p="%s"), (job_id,)).fetchone()
+        assert row is not None  # the job just ended in this transaction
         _bump(conn, ended_samples(row))
     _changed(conn, job_ids)
 
@@ -507,14 +508,14 @@ def _pick(
     ).fetchone()
     if head is None:
         return []
-    rows = conn.execute(
+    window = conn.execute(
         f"SELECT {CLAIM_COLUMNS} FROM jobs WHERE status = 'queued' AND batch_key = %s AND id IN ("
         f"   SELECT id FROM jobs WHERE status = 'queued' AND id >= %s {model_sql}"
         f"   ORDER BY id LIMIT %s)"
         f" ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
         (head["batch_key"], head["id"], *model_args, CLAIM_WINDOW, max(images, 1)),
     ).fetchall()
-    rows = [(row["id"], row["batch_key"], row["images"]) for row in rows]
+    rows = [(row["id"], row["batch_key"], row["images"]) for row in window]
     return pick_batch(rows, images, gathering)
 
 
@@ -526,7 +527,7 @@ def _claim_filter(
     models: Sequence[str] | None, batch_key: str | None
 ) -> tuple[str, tuple[Any, ...]]:
     """SQL narrowing a claim to the worker's models and, when gathering, one batch key."""
-    sql, args = "", ()
+    sql, args = "", tuple[Any, ...]()
     if models is not None:
         sql, args = "AND model = ANY(%s)", (list(models),)
     if batch_key is not None:

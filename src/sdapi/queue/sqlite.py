@@ -435,7 +435,7 @@ def _claim_filter(
     models: Sequence[str] | None, batch_key: str | None
 ) -> tuple[str, tuple[str, ...]]:
     """SQL narrowing a claim to the worker's models and, when gathering, one batch key."""
-    sql, args = "", ()
+    sql, args = "", tuple[str, ...]()
     if models is not None:
         sql, args = f"AND model IN ({','.join('?' * len(models))})", tuple(models)
     if batch_key is not None:

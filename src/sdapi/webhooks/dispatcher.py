@@ -55,7 +55,7 @@ class RetryPolicy:
 
     def delay(self, failures: int) -> float:
         base = min(self.first_s * 4 ** max(failures - 1, 0), MAX_RETRY_DELAY_S)
-        return base * random.uniform(0.9, 1.1)
+        return float(base * random.uniform(0.9, 1.1))
 
     def next_attempt(self, event: WebhookEvent, now: float) -> float | None:
         """When to try again after this attempt failed; None once the window is spent."""

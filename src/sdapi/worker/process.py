@@ -15,7 +15,7 @@ from types import FrameType
 from sdapi.backends import open_backends
 from sdapi.catalog.prompts import Translate
 from sdapi.settings import Settings
-from sdapi.worker.runner import Worker
+from sdapi.worker.runner import Generator, Worker
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def run_worker(settings: Settings) -> None:
     """Serve jobs until SIGTERM/SIGINT; the job in hand is finished before exiting."""
     from sdapi.catalog.models import check_model_ref, check_upscaler_ref
     from sdapi.catalog.translators import check_translator_ref
-    from sdapi.engine.cache import CachedEngine, EngineCache, default_budget
+    from sdapi.engine.cache import EngineCache, default_budget
     from sdapi.engine.engine import Engine
     from sdapi.engine.upscale import UpscaleEngine
 
@@ -62,7 +62,7 @@ def run_worker(settings: Settings) -> None:
     device = resolve_device(settings.device)
     threads = settings.threads or None
 
-    def engine_for(model: str) -> CachedEngine:
+    def engine_for(model: str) -> Generator:
         if model == settings.upscaler and model not in settings.model:
             return UpscaleEngine(model, settings.models_dir, device=device, threads=threads)
         return Engine(

@@ -75,7 +75,7 @@ class Worker:
         self,
         queue: JobQueue,
         images: ImageStore,
-        engines: EngineCache,
+        engines: EngineCache[Generator],
         models: Sequence[str],
         *,
         lease_s: float,
@@ -111,7 +111,7 @@ class Worker:
         cls, queue: JobQueue, images: ImageStore, engine: Generator, **options: Any
     ) -> Worker:
         """A worker serving one ready engine (tests, embedding)."""
-        engines = EngineCache(lambda model: engine, budget_bytes=0)
+        engines = EngineCache[Generator](lambda model: engine, budget_bytes=0)
         return cls(queue, images, engines, [engine.model], **options)
 
     def run(self, stop: threading.Event) -> None:

@@ -169,7 +169,8 @@ def _own_job(state: AppState, key: ApiKey, raw_id: Any) -> Job:
 
 async def _cancel(request: Request, raw_id: Any) -> dict[str, Any]:
     state, job = await _owned(request, raw_id)
-    job = await run_in_threadpool(state.backends.queue.cancel, job.id) or job
+    cancelled = await run_in_threadpool(state.backends.queue.cancel, job.id)
+    job = cancelled or job
     state_now = "cancelling" if job.cancel_requested else job.status
     with job_context([job.id]):
         log.info("cancel asked: the job is %s", state_now)
@@ -226,11 +227,10 @@ def family_router(wire: Wire) -> APIRouter:
             openapi_extra=_generation_doc(task, None, wire),
             responses=schemas.JOB,
         )
-    fetch_doc = {"responses": schemas.FETCH}
     post("/fetch/{job_id}", _with_id(_fetch, wire), summary="Result of a job",
-         openapi_extra=_body_doc([]), **fetch_doc)  # fmt: skip
+         openapi_extra=_body_doc([]), responses=schemas.FETCH)  # fmt: skip
     post("/fetch", _bind(_fetch, None, wire), summary="Result of a job, id as request_id",
-         openapi_extra=_body_doc(FETCH_FIELDS), **fetch_doc)  # fmt: skip
+         openapi_extra=_body_doc(FETCH_FIELDS), responses=schemas.FETCH)  # fmt: skip
     post("/cancel/{job_id}", _with_id(_cancel), summary="Cancel a queued or running job",
          openapi_extra=_body_doc([]), responses=schemas.CANCEL)  # fmt: skip
     post("/cancel", _bind(_cancel, None), summary="Cancel a job, id as request_id",

@@ -227,5 +227,5 @@ CANCEL = answers(CancelAnswer, Error)
 JOBS = answers(JobList, Error)
 LOAD = answers(SystemLoad, Error)
 #: model_list answers a bare JSON array (spec 9), or the error object.
-MODELS = answers(list[ModelItem], Error)  # type: ignore[arg-type]
+MODELS = answers(list[ModelItem], Error)
 RELOAD = answers(Reloaded, Error)
