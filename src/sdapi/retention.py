@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from sdapi.background import Loop
 from sdapi.jobs import Job
-from sdapi.queue.base import JobQueue
+from sdapi.queue.base import Retention
 from sdapi.storage.base import ImageStore
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def job_files(job: Job) -> list[str]:
 class RetentionSweeper:
     def __init__(
         self,
-        queue: JobQueue,
+        queue: Retention,
         images: ImageStore,
         *,
         retention_s: float,

@@ -17,7 +17,7 @@ import logging
 import threading
 from collections.abc import Iterator
 
-from sdapi.queue.base import JobQueue
+from sdapi.queue.base import Jobs
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ SAFETY_POLL_S = 2.0
 
 
 class JobWatch:
-    def __init__(self, queue: JobQueue, draining: threading.Event | None = None) -> None:
+    def __init__(self, queue: Jobs, draining: threading.Event | None = None) -> None:
         self.queue = queue
         self.draining = draining or threading.Event()
         self._waiters: dict[int, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}

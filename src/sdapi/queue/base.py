@@ -1,6 +1,8 @@
-"""The queue port: what the API and the workers may ask of the job store.
+"""The queue's ports: what the API, the workers and the background duties may ask of the job
+database, one Protocol per concern (Jobs, Outbox, Measurements, Workers, Retention); a backend
+(memory, SQLite, PostgreSQL) implements each in a module of its own.
 
-Guarantees every backend gives (tests/contract/test_queue.py checks them on each):
+Guarantees every backend gives (tests/contract/ checks them on each, a suite per port):
 - `enqueue` is durable when it returns: the job survives any crash after that.
 - `claim` is atomic: no two callers ever hold the same job. A claim is a lease with a fresh
   `lease_id`; a job whose lease expired goes back to the queue (or fails after `max_attempts`).
@@ -189,7 +191,9 @@ def pick_batch(rows: Sequence[tuple[int, str, int]], images: int, gathering: boo
     return picked
 
 
-class JobQueue(Protocol):
+class Jobs(Protocol):
+    """The jobs: submitting, claiming, running, ending, and where they stand."""
+
     def enqueue(self, new: NewJob) -> Job:
         """Store a queued job durably and return it with its id.
 
@@ -243,19 +247,6 @@ class JobQueue(Protocol):
         options rewrote them."""
         ...
 
-    def record_call(
-        self, batch_key: str, model_key: str, call: Call, *, cap: int, prior: Cost
-    ) -> None:
-        """Learn from one call a worker made (see sdapi.costs): kept under its batch key, its
-        model+task key and ANY_KEY (the latest OBSERVATIONS each), the costs fitted again
-        (`relearn`, towards `prior` where the calls cannot tell), and `cap` kept as the most
-        images a call of the batch key makes."""
-        ...
-
-    def costs(self, keys: Sequence[str]) -> dict[str, Learned]:
-        """What was learned of these keys (those never recorded are left out)."""
-        ...
-
     def fail(self, job_id: int, lease_id: str, *, error: str) -> bool:
         """Mark failed if `lease_id` still holds the job."""
         ...
@@ -307,6 +298,10 @@ class JobQueue(Protocol):
         wakes the others (sdapi.api.watch)."""
         ...
 
+
+class Outbox(Protocol):
+    """The webhook outbox: the events that jobs ending wrote, leased to one dispatcher at a time."""
+
     def claim_webhooks(self, *, limit: int, lease_s: float) -> list[WebhookEvent]:
         """Lease up to `limit` due webhook events to one dispatcher for `lease_s` seconds (a
         dispatcher that dies holding one leaves it to be sent again, with the same event id)."""
@@ -319,14 +314,9 @@ class JobQueue(Protocol):
         (neither) given up. The job's `webhook_status` follows in the same transaction."""
         ...
 
-    def expirable(self, *, finished_before: float | None, limit: int) -> list[Job]:
-        """Ended jobs whose files are due for removal: finished before `finished_before`
-        (None: no retention limit) or temporary and past their `keep_until`; oldest first."""
-        ...
 
-    def expire(self, job_ids: Sequence[int]) -> None:
-        """Mark ended jobs `expired` (their files are gone); other states are left alone."""
-        ...
+class Measurements(Protocol):
+    """What the deployment measured: the /metrics counters and the calls' costs (sdapi.costs)."""
 
     def record_metrics(self, samples: Sequence[Sample]) -> None:
         """Add samples (see sdapi.metrics) to the deployment's counters, in one transaction."""
@@ -336,17 +326,51 @@ class JobQueue(Protocol):
         """Every counter and bucket the deployment has recorded."""
         ...
 
-    def forget(self, *, finished_before: float, limit: int) -> int:
-        """Delete up to `limit` expired jobs that finished before then (with their outbox
-        events), so history stays bounded; returns how many went. Fetch then answers them as
-        unknown."""
+    def record_call(
+        self, batch_key: str, model_key: str, call: Call, *, cap: int, prior: Cost
+    ) -> None:
+        """Learn from one call a worker made (see sdapi.costs): kept under its batch key, its
+        model+task key and ANY_KEY (the latest OBSERVATIONS each), the costs fitted again
+        (`relearn`, towards `prior` where the calls cannot tell), and `cap` kept as the most
+        images a call of the batch key makes."""
         ...
+
+    def costs(self, keys: Sequence[str]) -> dict[str, Learned]:
+        """What was learned of these keys (those never recorded are left out)."""
+        ...
+
+
+class Workers(Protocol):
+    """The live workers: each announces itself and is seen while it runs."""
 
     def register_worker(self, info: WorkerInfo) -> None: ...
 
     def worker_seen(self, worker_id: str, state: str) -> None: ...
 
     def remove_worker(self, worker_id: str) -> None: ...
+
+
+class Retention(Protocol):
+    """Ended jobs whose files are due for removal, and forgetting them after."""
+
+    def expirable(self, *, finished_before: float | None, limit: int) -> list[Job]:
+        """Ended jobs whose files are due for removal: finished before `finished_before`
+        (None: no retention limit) or temporary and past their `keep_until`; oldest first."""
+        ...
+
+    def expire(self, job_ids: Sequence[int]) -> None:
+        """Mark ended jobs `expired` (their files are gone); other states are left alone."""
+        ...
+
+    def forget(self, *, finished_before: float, limit: int) -> int:
+        """Delete up to `limit` expired jobs that finished before then (with their outbox
+        events), so history stays bounded; returns how many went. Fetch then answers them as
+        unknown."""
+        ...
+
+
+class JobQueue(Jobs, Outbox, Measurements, Workers, Retention, Protocol):
+    """Every port on one database (what a backend opens); a consumer takes the one it needs."""
 
     def close(self) -> None: ...
 

@@ -1,4 +1,6 @@
-"""Jobs to rows and back, shared by the SQL backends: every dialect has the same columns."""
+"""What the SQL backends share: the named queries both dialects run (written once, with `{p}`
+for the dialect's placeholder, `?` or `%s`; what differs stays in the backend's own module),
+the reaping of expired leases, and jobs to rows and back (every dialect has the same columns)."""
 
 from __future__ import annotations
 
@@ -21,7 +23,17 @@ from sdapi.jobs import (
     sources_of,
 )
 from sdapi.metrics import Sample, job_ended
-from sdapi.queue.base import Learned, Line, NewJob, rate_key
+from sdapi.queue.base import (
+    ABANDONED_ERROR,
+    DEADLINE_ERROR,
+    Expired,
+    Learned,
+    Line,
+    NewJob,
+    WorkerInfo,
+    rate_key,
+    split_expired,
+)
 
 #: Columns an INSERT of a new job fills, in the order of `insert_values`.
 INSERT_COLUMNS = (
@@ -105,6 +117,35 @@ FORGET_EVENTS = f"DELETE FROM webhook_events WHERE job_id IN ({FORGETTABLE})"
 FORGET_JOBS = f"DELETE FROM jobs WHERE id IN ({FORGETTABLE})"
 RECENT = "SELECT * FROM jobs WHERE owner = {p} ORDER BY id DESC LIMIT {p}"
 RUNNING = "SELECT * FROM jobs WHERE status = 'processing' ORDER BY id LIMIT {p}"
+GET_JOB = "SELECT * FROM jobs WHERE id = {p}"
+QUEUED_JOB = "SELECT 1 FROM jobs WHERE id = {p} AND status = 'queued'"
+#: A worker announcing itself; a restarted one with the same id starts afresh.
+REGISTER_WORKER = (
+    "INSERT INTO workers (id, host, pid, device, model, state, started_at, seen_at)"
+    " VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"
+    " ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid,"
+    " device = excluded.device, model = excluded.model, state = excluded.state,"
+    " started_at = excluded.started_at, seen_at = excluded.seen_at"
+)
+WORKER_SEEN = "UPDATE workers SET seen_at = {p}, state = {p} WHERE id = {p}"
+REMOVE_WORKER = "DELETE FROM workers WHERE id = {p}"
+#: Leases that ran out (their worker stopped): reaped by the next claim.
+EXPIRED_LEASES = (
+    "SELECT id, attempts, cancel_requested FROM jobs"
+    " WHERE status = 'processing' AND lease_expires_at < {p} ORDER BY id"
+)
+_LEASE_GONE = "lease_id = NULL, lease_expires_at = NULL"
+END_CANCELLED = (
+    f"UPDATE jobs SET status = 'cancelled', finished_at = {{p}}, {_LEASE_GONE} WHERE id = {{p}}"
+)
+END_ABANDONED = (
+    f"UPDATE jobs SET status = 'failed', error = {{p}}, finished_at = {{p}}, {_LEASE_GONE}"
+    " WHERE id = {p}"
+)
+REQUEUE = (
+    f"UPDATE jobs SET status = 'queued', {_LEASE_GONE}, worker_id = NULL, progress = 0"
+    " WHERE id = {p}"
+)
 #: Queued jobs past their deadline fail instead of starting.
 FAIL_LATE = (
     "UPDATE jobs SET status = 'failed', finished_at = {p}, error = {p}"
@@ -179,6 +220,43 @@ def webhook_record_args(
         state, status = "failed", "failed"
     event = (state, error, retry_at or now, now if delivered else None, event_id)
     return event, (status, event_id)
+
+
+class Executes(Protocol):
+    """A sqlite3 or psycopg connection: what the shared statements below run on."""
+
+    def execute(self, query: Any, params: Any = ..., /) -> Any: ...
+
+
+def reap_expired(
+    conn: Executes, p: str, now: float, max_attempts: int, locks: tuple[str, str] = ("", "")
+) -> tuple[Expired, list[int]]:
+    """What becomes of expired leases (`split_expired`: cancelled, failed, back in line), and
+    the queued jobs failed for their passed deadline; in the caller's transaction. `p` is the
+    dialect's placeholder; `locks` what its two SELECTs add to lock the rows they change (where
+    claimers run side by side)."""
+    lock, late_lock = locks
+    rows = conn.execute(EXPIRED_LEASES.format(p=p) + lock, (now,)).fetchall()
+    expired = split_expired(
+        [(r["id"], r["attempts"], bool(r["cancel_requested"])) for r in rows], max_attempts
+    )
+    for job_id in expired.cancelled:
+        conn.execute(END_CANCELLED.format(p=p), (now, job_id))
+    for job_id, attempts in expired.abandoned:
+        conn.execute(
+            END_ABANDONED.format(p=p), (ABANDONED_ERROR.format(attempts=attempts), now, job_id)
+        )
+    for job_id in expired.requeued:
+        conn.execute(REQUEUE.format(p=p), (job_id,))
+    late = [r["id"] for r in conn.execute(LATE_IDS.format(p=p) + late_lock, (now,)).fetchall()]
+    if late:
+        conn.execute(FAIL_LATE.format(p=p), (now, DEADLINE_ERROR, now))
+    return expired, late
+
+
+def worker_args(info: WorkerInfo, now: float) -> tuple[Any, ...]:
+    """REGISTER_WORKER's arguments."""
+    return (info.id, info.host, info.pid, info.device, info.model, info.state, now, now)
 
 
 def succeed_args(

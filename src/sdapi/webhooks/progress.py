@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from sdapi.background import Loop
 from sdapi.jobs import Job
-from sdapi.queue.base import JobQueue
+from sdapi.queue.base import Jobs
 from sdapi.safeurl import UrlPolicy, fetch
 from sdapi.webhooks.dispatcher import Send, SignedPost, json_body, webhook_policy
 
@@ -35,7 +35,7 @@ def wants_progress(job: Job) -> bool:
 class ProgressNotifier:
     def __init__(
         self,
-        queue: JobQueue,
+        queue: Jobs,
         secret: str,
         allow: tuple[str, ...],
         *,

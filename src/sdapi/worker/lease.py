@@ -10,7 +10,7 @@ from types import TracebackType
 
 from sdapi.jobs import Job
 from sdapi.logs import in_context
-from sdapi.queue.base import JobQueue
+from sdapi.queue.base import Jobs
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class LeaseKeeper:
     generation ends at its next step instead of finishing work nobody will use.
     """
 
-    def __init__(self, queue: JobQueue, jobs: Sequence[Job], lease_s: float) -> None:
+    def __init__(self, queue: Jobs, jobs: Sequence[Job], lease_s: float) -> None:
         self.queue = queue
         self.jobs = list(jobs)
         self.lease_s = lease_s

@@ -1,67 +1,29 @@
-"""An in-process queue for unit tests: the same verbs and guarantees, no durability."""
+"""memory: the Jobs port (submitting, claiming, running, ending jobs, and where they stand)."""
 
 from __future__ import annotations
 
-import itertools
-import threading
-import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
 
 from sdapi.catalog.work import batch_key as key_of
-from sdapi.costs import OBSERVATIONS, Call, Cost
 from sdapi.jobs import Job, JobStatus, QueueStats, Rendered
-from sdapi.metrics import LocalMetrics, Sample, job_ended, webhook_attempt
+from sdapi.metrics import job_ended
 from sdapi.queue.base import (
     ABANDONED_ERROR,
-    ANY_KEY,
     DEADLINE_ERROR,
     WORKER_STALE_S,
-    Clock,
-    Learned,
     Line,
     NewJob,
     WebhookEvent,
-    WorkerInfo,
-    attempt_outcome,
     enforce_caps,
     group_pending,
     pick_batch,
-    relearn,
     split_expired,
 )
-
-_ENDED = (JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELLED)
-
-
-@dataclass
-class _Outbox:
-    """One outbox row, as the SQL backends keep it."""
-
-    event: WebhookEvent
-    state: str
-    next_attempt_at: float
-    last_error: str | None = None
+from sdapi.queue.memory.common import MemoryState, OutboxRow
 
 
-class MemoryQueue:
-    def __init__(self, *, max_attempts: int = 3, clock: Clock = time.time) -> None:
-        self.max_attempts = max_attempts
-        self.clock = clock
-        self._jobs: dict[int, Job] = {}
-        self._timings: dict[str, list[Call]] = {}
-        self._costs: dict[str, Learned] = {}
-        self._workers: dict[str, float] = {}
-        self._outbox: dict[str, _Outbox] = {}
-        self._ids = itertools.count(1)  # ids only grow, even once old jobs are forgotten
-        self._metrics = LocalMetrics()
-        self._lock = threading.Lock()
-        self._arrived = threading.Condition(self._lock)
-        #: Ids changed since the last wait_for_changes, and the condition it waits on.
-        self._changes: set[int] = set()
-        self._changed = threading.Condition(self._lock)
-
+class MemoryJobs(MemoryState):
     def enqueue(self, new: NewJob) -> Job:
         with self._lock:
             earlier = self._same_track(new)
@@ -118,7 +80,7 @@ class MemoryQueue:
             return
         event_id = f"msg_{uuid.uuid4().hex}"
         event = WebhookEvent(event_id, job.id, job.status.value, job.webhook, 0, now)
-        self._outbox[event.event_id] = _Outbox(event, "pending", now)
+        self._outbox[event.event_id] = OutboxRow(event, "pending", now)
 
     def get(self, job_id: int) -> Job | None:
         return self._jobs.get(job_id)
@@ -238,22 +200,6 @@ class MemoryQueue:
             )
         return True
 
-    def record_call(
-        self, batch_key: str, model_key: str, call: Call, *, cap: int, prior: Cost
-    ) -> None:
-        with self._lock:
-            for key in (batch_key, model_key, ANY_KEY):
-                kept = self._timings.setdefault(key, [])
-                kept.append(call)
-                del kept[:-OBSERVATIONS]
-            learned = relearn(lambda key: self._timings.get(key, []), batch_key, model_key, prior)
-            for key, (cost, factor) in learned.items():
-                cap_of = cap if key == batch_key else 1
-                self._costs[key] = Learned(cost, factor, cap_of)
-
-    def costs(self, keys: Sequence[str]) -> dict[str, Learned]:
-        return {key: self._costs[key] for key in keys if key in self._costs}
-
     def fail(self, job_id: int, lease_id: str, *, error: str) -> bool:
         with self._lock:
             job = self._held(job_id, lease_id)
@@ -364,82 +310,3 @@ class MemoryQueue:
                 self._changed.wait(timeout)
             changed, self._changes = frozenset(self._changes), set()
         return changed
-
-    def claim_webhooks(self, *, limit: int, lease_s: float) -> list[WebhookEvent]:
-        now = self.clock()
-        with self._lock:
-            due = sorted(
-                (o for o in self._outbox.values() if o.state == "pending"
-                 and o.next_attempt_at <= now),
-                key=lambda o: o.next_attempt_at,
-            )[:limit]  # fmt: skip
-            for row in due:
-                row.next_attempt_at = now + lease_s
-        return [row.event for row in due]
-
-    def record_webhook(
-        self, event_id: str, *, delivered: bool, error: str | None = None, retry_at: float | None
-    ) -> None:
-        with self._lock:
-            row = self._outbox.get(event_id)
-            if row is None or row.state != "pending":
-                return
-            row.event = replace(row.event, attempts=row.event.attempts + 1)
-            row.last_error = error
-            if delivered:
-                row.state, status = "delivered", "delivered"
-            elif retry_at is not None:
-                row.state, status, row.next_attempt_at = "pending", "retrying", retry_at
-            else:
-                row.state, status = "failed", "failed"
-            job = self._jobs[row.event.job_id]
-            self._jobs[job.id] = job.evolve(webhook_status=status)
-            self._metrics.add(webhook_attempt(attempt_outcome(delivered, retry_at)))
-
-    def expirable(self, *, finished_before: float | None, limit: int) -> list[Job]:
-        now, cutoff = self.clock(), -1.0 if finished_before is None else finished_before
-        due = [
-            j for j in self._jobs.values()
-            if j.status in _ENDED and (
-                (j.keep_until is not None and j.keep_until < now)
-                or (j.finished_at or 0) < cutoff
-            )
-        ]  # fmt: skip
-        return sorted(due, key=lambda j: j.finished_at or 0)[:limit]
-
-    def expire(self, job_ids: Iterable[int]) -> None:
-        with self._lock:
-            for job_id in job_ids:
-                job = self._jobs.get(job_id)
-                if job is not None and job.status in _ENDED:
-                    self._jobs[job_id] = job.evolve(status=JobStatus.EXPIRED)
-
-    def forget(self, *, finished_before: float, limit: int) -> int:
-        with self._lock:
-            old = sorted(
-                j.id for j in self._jobs.values()
-                if j.status is JobStatus.EXPIRED and (j.finished_at or 0) < finished_before
-            )[:limit]  # fmt: skip
-            for job_id in old:
-                del self._jobs[job_id]
-            self._outbox = {k: o for k, o in self._outbox.items() if o.event.job_id not in old}
-        return len(old)
-
-    def record_metrics(self, samples: Sequence[Sample]) -> None:
-        self._metrics.add(samples)
-
-    def metrics(self) -> list[Sample]:
-        return self._metrics.samples()
-
-    def register_worker(self, info: WorkerInfo) -> None:
-        self._workers[info.id] = self.clock()
-
-    def worker_seen(self, worker_id: str, state: str) -> None:
-        if worker_id in self._workers:
-            self._workers[worker_id] = self.clock()
-
-    def remove_worker(self, worker_id: str) -> None:
-        self._workers.pop(worker_id, None)
-
-    def close(self) -> None:
-        pass

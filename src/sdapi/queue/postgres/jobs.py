@@ -1,120 +1,60 @@
-"""The PostgreSQL queue backend (scale-out): many API replicas and workers share one database.
-
-The semantics are SQLiteQueue's, statement for statement where possible: every change of state
-is one conditional UPDATE whose WHERE lists the states the transition table allows as sources,
-so a stale worker's late write simply matches no row.
-
-What differs is how concurrency is handled. SQLite serialises writers; here claimers run in
-parallel, so a claim locks the rows it takes with `FOR UPDATE SKIP LOCKED`: two claimers never
-get the same job, and neither waits for the other (each simply passes over the rows the other
-holds). Enqueueing, and reaping that puts jobs back in line, sends a NOTIFY so idle workers
-blocked in `wait_for_work` wake at once instead of polling.
-
-All times come from the injected clock, never from the database's now(), so a test's fake clock
-and every machine's view of "expired" agree with the other backends.
-"""
+"""PostgreSQL: the Jobs port (submitting, claiming, running, ending jobs, and where they stand)."""
 
 from __future__ import annotations
 
-import logging
-import time
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import psycopg
-
-from sdapi.costs import OBSERVATIONS, Call, Cost
-from sdapi.database.postgres import PostgresDatabase
 from sdapi.jobs import Job, QueueStats, Rendered
-from sdapi.metrics import Sample, webhook_attempt
 from sdapi.queue.base import (
-    ABANDONED_ERROR,
-    ANY_KEY,
-    DEADLINE_ERROR,
     WORKER_STALE_S,
-    Clock,
-    Learned,
     Line,
     NewJob,
-    WebhookEvent,
-    WorkerInfo,
-    attempt_outcome,
     enforce_caps,
     pick_batch,
-    relearn,
-    split_expired,
 )
-from sdapi.queue.listener import Listener
+from sdapi.queue.postgres.common import (
+    CHANGES,
+    CHANNEL,
+    CLAIM_WINDOW,
+    Connection,
+    PostgresBase,
+    bump,
+)
 from sdapi.queue.rows import (
     AHEAD,
-    BUMP_METRIC,
     CANCEL_QUEUED,
     CLAIM_COLUMNS,
-    COSTS,
-    DUE_WEBHOOKS,
     ENDED,
-    EXPIRABLE,
-    EXPIRE,
     FAIL,
-    FAIL_LATE,
-    FORGET_EVENTS,
-    FORGET_JOBS,
-    JOB_WEBHOOK_STATUS,
-    LATE_IDS,
+    GET_JOB,
     LIVE_WORKERS,
     OWNER_LIVE,
     PENDING,
     QUEUE_LIVE,
-    READ_METRICS,
+    QUEUED_JOB,
     RECENT,
-    RECORD_TIMING,
-    RECORD_WEBHOOK,
     RELEASE,
     RUNNING,
     SAME_TRACK,
     SUCCEED,
-    TIMINGS,
     TO_PROCESSING,
-    TRIM_TIMINGS,
-    UPSERT_COST,
     WEBHOOK_EVENT,
-    cost_rows,
     ended_samples,
     insert_sql,
     insert_values,
     job_from_row,
-    learned_from_row,
     line_of,
     pending_from_row,
     queue_stats,
+    reap_expired,
     succeed_args,
     webhook_event_args,
-    webhook_record_args,
 )
 
-log = logging.getLogger(__name__)
 
-#: How many queued jobs a claim looks at to gather a batch of compatible ones (as SQLite).
-CLAIM_WINDOW = 64
-#: The LISTEN/NOTIFY channels: "a job may be waiting" (workers), and "these jobs changed" (the
-#: ids, comma separated, for requests waiting on them).
-CHANNEL = "sdapi_jobs"
-CHANGES = "sdapi_changes"
-
-Connection = psycopg.Connection[dict[str, Any]]
-
-
-class PostgresQueue:
-    def __init__(
-        self, db: PostgresDatabase, *, max_attempts: int = 3, clock: Clock = time.time
-    ) -> None:
-        self.db = db
-        self.max_attempts = max_attempts
-        self.clock = clock
-        self._work = Listener(db, CHANNEL)
-        self._changes = Listener(db, CHANGES)
-
+class PostgresJobs(PostgresBase):
     def enqueue(self, new: NewJob) -> Job:
         with self.db.transaction() as conn:
             if new.track_id is not None and new.dedupe_since is not None:
@@ -132,7 +72,7 @@ class PostgresQueue:
 
     def get(self, job_id: int) -> Job | None:
         with self.db.connection() as conn:
-            row = conn.execute("SELECT * FROM jobs WHERE id = %s", (job_id,)).fetchone()
+            row = conn.execute(GET_JOB.format(p="%s"), (job_id,)).fetchone()
         return job_from_row(row) if row else None
 
     def claim(
@@ -165,42 +105,11 @@ class PostgresQueue:
         return sorted((job_from_row(row) for row in rows), key=lambda job: job.id)
 
     def _reap_expired(self, conn: Connection, now: float) -> int:
-        """Expired leases (see `split_expired`), then queued jobs past their deadline.
-
-        Returns how many went back in line. SKIP LOCKED: a lease another claimer is reaping, or
-        its holder is renewing right now, is left to them instead of waited for.
-        """
-        rows = conn.execute(
-            "SELECT id, attempts, cancel_requested FROM jobs"
-            " WHERE status = 'processing' AND lease_expires_at < %s"
-            " ORDER BY id FOR UPDATE SKIP LOCKED",
-            (now,),
-        ).fetchall()
-        expired = split_expired(
-            [(r["id"], r["attempts"], r["cancel_requested"]) for r in rows], self.max_attempts
-        )
-        released = "lease_id = NULL, lease_expires_at = NULL"
-        if expired.cancelled:
-            conn.execute(
-                f"UPDATE jobs SET status = 'cancelled', finished_at = %s, {released}"
-                " WHERE id = ANY(%s)",
-                (now, expired.cancelled),
-            )
-        for job_id, attempts in expired.abandoned:
-            conn.execute(
-                f"UPDATE jobs SET status = 'failed', error = %s, finished_at = %s, {released}"
-                " WHERE id = %s",
-                (ABANDONED_ERROR.format(attempts=attempts), now, job_id),
-            )
-        if expired.requeued:
-            conn.execute(
-                f"UPDATE jobs SET status = 'queued', {released}, worker_id = NULL, progress = 0"
-                " WHERE id = ANY(%s)",
-                (expired.requeued,),
-            )
-        late = [r["id"] for r in conn.execute(LATE_IDS.format(p="%s") + " FOR UPDATE", (now,))]
-        if late:
-            conn.execute(FAIL_LATE.format(p="%s"), (now, DEADLINE_ERROR, now))
+        """Expired leases and passed deadlines (rows.reap_expired); how many went back in line.
+        SKIP LOCKED: a lease another claimer is reaping, or its holder is renewing right now, is
+        left to them instead of waited for."""
+        locks = (" FOR UPDATE SKIP LOCKED", " FOR UPDATE")
+        expired, late = reap_expired(conn, "%s", now, self.max_attempts, locks)
         _ended(conn, expired.ended + late, now)
         _changed(conn, expired.requeued)
         return len(expired.requeued)
@@ -235,36 +144,6 @@ class PostgresQueue:
             if cur.rowcount:
                 _ended(conn, [job_id], now)
         return cur.rowcount == 1
-
-    def record_call(
-        self, batch_key: str, model_key: str, call: Call, *, cap: int, prior: Cost
-    ) -> None:
-        now = self.clock()
-        with self.db.transaction() as conn:
-            # One worker at a time relearns a model: two fits from the same history would race.
-            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 2))", (model_key,))
-            for key in (batch_key, model_key, ANY_KEY):
-                conn.execute(
-                    RECORD_TIMING.format(p="%s"), (key, call.units, call.steps, call.seconds, now)
-                )
-                conn.execute(TRIM_TIMINGS.format(p="%s"), (key, key, OBSERVATIONS))
-
-            def history(key: str) -> list[Call]:
-                rows = conn.execute(TIMINGS.format(p="%s"), (key,)).fetchall()
-                return [Call(row["units"], row["steps"], row["seconds"]) for row in rows]
-
-            learned = relearn(history, batch_key, model_key, prior)
-            with conn.cursor() as cur:
-                cur.executemany(
-                    UPSERT_COST.format(p="%s"), sorted(cost_rows(learned, batch_key, cap, now))
-                )
-
-    def costs(self, keys: Sequence[str]) -> dict[str, Learned]:
-        if not keys:
-            return {}
-        with self.db.connection() as conn:
-            rows = conn.execute(f"{COSTS} WHERE rate_key = ANY(%s)", (list(keys),)).fetchall()
-        return {row["rate_key"]: learned_from_row(row) for row in rows}
 
     def fail(self, job_id: int, lease_id: str, *, error: str) -> bool:
         now = self.clock()
@@ -321,9 +200,7 @@ class PostgresQueue:
 
     def position(self, job_id: int) -> Line | None:
         with self.db.connection() as conn:
-            queued = conn.execute(
-                "SELECT 1 FROM jobs WHERE id = %s AND status = 'queued'", (job_id,)
-            ).fetchone()
+            queued = conn.execute(QUEUED_JOB.format(p="%s"), (job_id,)).fetchone()
             if queued is None:
                 return None
             rows = conn.execute(AHEAD.format(p="%s"), (job_id,)).fetchall()
@@ -338,91 +215,13 @@ class PostgresQueue:
 
     def wait_for_work(self, timeout: float) -> None:
         """Block until a NOTIFY on CHANNEL arrives or `timeout` passes (see Listener)."""
-        self._work.wait(timeout)
+        self.work_listener.wait(timeout)
 
     def wait_for_changes(self, timeout: float) -> frozenset[int] | None:
-        payloads = self._changes.wait(timeout)
+        payloads = self.changes_listener.wait(timeout)
         if payloads is None:
             return None
         return frozenset(int(i) for payload in payloads for i in payload.split(",") if i)
-
-    def claim_webhooks(self, *, limit: int, lease_s: float) -> list[WebhookEvent]:
-        now = self.clock()
-        with self.db.transaction() as conn:
-            # SKIP LOCKED: API replicas dispatching side by side never take the same event.
-            rows = conn.execute(
-                DUE_WEBHOOKS.format(p="%s") + " FOR UPDATE SKIP LOCKED", (now, limit)
-            ).fetchall()
-            events = [WebhookEvent(**row) for row in rows]
-            if events:
-                conn.execute(
-                    "UPDATE webhook_events SET next_attempt_at = %s WHERE event_id = ANY(%s)",
-                    (now + lease_s, [e.event_id for e in events]),
-                )
-        return events
-
-    def record_webhook(
-        self, event_id: str, *, delivered: bool, error: str | None = None, retry_at: float | None
-    ) -> None:
-        event, job = webhook_record_args(event_id, delivered, error, retry_at, self.clock())
-        with self.db.transaction() as conn:
-            if conn.execute(RECORD_WEBHOOK.format(p="%s"), event).rowcount:
-                conn.execute(JOB_WEBHOOK_STATUS.format(p="%s"), job)
-                _bump(conn, webhook_attempt(attempt_outcome(delivered, retry_at)))
-
-    def expirable(self, *, finished_before: float | None, limit: int) -> list[Job]:
-        cutoff = -1.0 if finished_before is None else finished_before
-        with self.db.connection() as conn:
-            rows = conn.execute(EXPIRABLE.format(p="%s"), (self.clock(), cutoff, limit)).fetchall()
-        return [job_from_row(row) for row in rows]
-
-    def expire(self, job_ids: Sequence[int]) -> None:
-        with self.db.transaction() as conn:
-            for job_id in job_ids:
-                conn.execute(EXPIRE.format(p="%s"), (job_id,))
-
-    def forget(self, *, finished_before: float, limit: int) -> int:
-        with self.db.transaction() as conn:
-            conn.execute(FORGET_EVENTS.format(p="%s"), (finished_before, limit))
-            return conn.execute(FORGET_JOBS.format(p="%s"), (finished_before, limit)).rowcount
-
-    def record_metrics(self, samples: Sequence[Sample]) -> None:
-        with self.db.transaction() as conn:
-            _bump(conn, samples)
-
-    def metrics(self) -> list[Sample]:
-        with self.db.connection() as conn:
-            rows = conn.execute(READ_METRICS).fetchall()
-        return [(row["name"], row["labels"], row["value"]) for row in rows]
-
-    def register_worker(self, info: WorkerInfo) -> None:
-        now = self.clock()
-        with self.db.connection() as conn:
-            # A restarted worker with the same id starts afresh, as SQLite's INSERT OR REPLACE.
-            conn.execute(
-                "INSERT INTO workers (id, host, pid, device, model, state, started_at, seen_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid,"
-                " device = excluded.device, model = excluded.model, state = excluded.state,"
-                " started_at = excluded.started_at, seen_at = excluded.seen_at",
-                (info.id, info.host, info.pid, info.device, info.model, info.state, now, now),
-            )
-
-    def worker_seen(self, worker_id: str, state: str) -> None:
-        with self.db.connection() as conn:
-            conn.execute(
-                "UPDATE workers SET seen_at = %s, state = %s WHERE id = %s",
-                (self.clock(), state, worker_id),
-            )
-
-    def remove_worker(self, worker_id: str) -> None:
-        with self.db.connection() as conn:
-            conn.execute("DELETE FROM workers WHERE id = %s", (worker_id,))
-
-    def close(self) -> None:
-        self._work.close()
-        self._changes.close()
-        self.db.close()
 
 
 def _ended(conn: Connection, job_ids: Iterable[int], now: float) -> None:
@@ -433,7 +232,7 @@ def _ended(conn: Connection, job_ids: Iterable[int], now: float) -> None:
         conn.execute(WEBHOOK_EVENT.format(p="%s"), webhook_event_args(job_id, now))
         row = conn.execute(ENDED.format(p="%s"), (job_id,)).fetchone()
         assert row is not None  # the job just ended in this transaction
-        _bump(conn, ended_samples(row))
+        bump(conn, ended_samples(row))
     _changed(conn, job_ids)
 
 
@@ -447,12 +246,6 @@ def _changed(conn: Connection, job_ids: Sequence[int]) -> None:
     """Tell waiting requests these jobs changed; delivered when the transaction commits."""
     if job_ids:
         conn.execute("SELECT pg_notify(%s, %s)", (CHANGES, ",".join(map(str, job_ids))))
-
-
-def _bump(conn: Connection, samples: Sequence[Sample]) -> None:
-    # Sorted: concurrent transactions take the rows' locks in one order, so never deadlock.
-    with conn.cursor() as cur:
-        cur.executemany(BUMP_METRIC.format(p="%s"), sorted(samples))
 
 
 def _same_track(conn: Connection, new: NewJob) -> Job | None:

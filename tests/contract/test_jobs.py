@@ -1,30 +1,24 @@
-"""The queue contract: every backend must pass every test here."""
+"""The Jobs port on every backend: submitting, claiming, leases, ending, cancelling, where jobs
+stand, waking waiters, caps and repeated track_ids."""
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import replace
 
 import pytest
 
 from sdapi.catalog.work import batch_key, work_units
-from sdapi.costs import OBSERVATIONS, PRIOR_CPU, Call, Cost, fit
 from sdapi.jobs import Echo, JobStatus, Pending, Rendered
-from sdapi.queue.base import ANY_KEY, JobQueue, NewJob, WorkerInfo
+from sdapi.queue.base import DEADLINE_ERROR, JobQueue, QueueFull
+from tests.contract.common import (
+    HOOK,
+    LEASE,
+    WAKE_TIMEOUT,
+    submit,
+    submit_job,
+)
 from tests.helpers import FakeClock, make_request
-
-LEASE = 30.0
-#: A wait that returns well before this was woken, not timed out.
-WAKE_TIMEOUT = 10.0
-
-
-def submit(queue: JobQueue, owner: str = "key_a", **changes: object) -> int:
-    request = make_request(**changes)
-    names = tuple(f"generations/x{i}.png" for i in range(request.samples))
-    echo = Echo(file_prefix="x", init_image="https://example.com/a.png", notes={"vae": "why"})
-    new = NewJob(owner, request, names, track_id="t1", echo=echo, base_url="http://h:1")
-    return queue.enqueue(replace(new, webhook_progress=True)).id
 
 
 def test_enqueue_assigns_growing_integer_ids_and_keeps_everything(queue: JobQueue) -> None:
@@ -175,49 +169,6 @@ def test_position_counts_queued_jobs_ahead_and_the_work_left(queue: JobQueue) ->
     assert queue.position(a) is None  # not queued any more
 
 
-def test_stats_and_live_workers(queue: JobQueue, clock: FakeClock) -> None:
-    submit(queue)
-    submit(queue)
-    queue.claim("w", lease_s=LEASE)
-    queue.register_worker(WorkerInfo("w", "host", 1, "cpu", "sdapi-tiny"))
-    stats = queue.stats()
-    assert (stats.queued, stats.processing, stats.live_workers) == (1, 1, 1)
-    assert stats.pending_work == pytest.approx(2 * work_units(make_request()))
-    line = queue.position(2)
-    assert line is not None and line.workers == 1
-    clock.advance(60)
-    assert queue.stats().live_workers == 0
-    queue.worker_seen("w", "ready")
-    assert queue.stats().live_workers == 1
-    queue.remove_worker("w")
-    assert queue.stats().live_workers == 0
-
-
-def test_costs_are_learned_from_the_calls_workers_record(queue: JobQueue) -> None:
-    key, model_key = batch_key(make_request()), "sdapi-tiny|text2img"
-    assert queue.costs([key, model_key, ANY_KEY]) == {}
-    calls = [Call(units, 20, 0.2 + 0.03 * 20 + 0.4 * units) for units in (0.1, 0.5, 2.0)]
-    for call in calls:
-        queue.record_call(key, model_key, call, cap=4, prior=PRIOR_CPU)
-    learned = queue.costs([key, model_key, ANY_KEY, "never-seen"])
-    assert set(learned) == {key, model_key, ANY_KEY}
-    expected = fit(calls, PRIOR_CPU)
-    assert learned[model_key].cost == pytest.approx(expected)
-    assert learned[ANY_KEY].cost == pytest.approx(expected)
-    assert learned[key].cost is None and learned[key].scale == pytest.approx(1.0, rel=0.05)
-    assert (learned[key].cap, learned[model_key].cap) == (4, 1)
-
-
-def test_only_the_latest_calls_are_kept(queue: JobQueue) -> None:
-    key, model_key = batch_key(make_request()), "sdapi-tiny|text2img"
-    for _ in range(OBSERVATIONS):
-        queue.record_call(key, model_key, Call(1.0, 20, 100.0), cap=1, prior=PRIOR_CPU)
-    for _ in range(OBSERVATIONS):  # the machine got 100x faster: the old calls are forgotten
-        queue.record_call(key, model_key, Call(1.0, 20, 1.0), cap=1, prior=PRIOR_CPU)
-    cost = queue.costs([model_key])[model_key].cost
-    assert isinstance(cost, Cost) and cost.seconds(1.0, 20) == pytest.approx(1.0, rel=0.01)
-
-
 def test_claim_only_takes_models_the_worker_serves(queue: JobQueue) -> None:
     other = submit(queue, model="other-model")
     mine = submit(queue)
@@ -336,4 +287,117 @@ def test_changes_name_the_jobs_that_changed(queue: JobQueue, twin: JobQueue) -> 
         seen |= changed
     else:
         assert job_id in seen
-    assert queue.wait_for_changes(0.05) in (frozenset(), None)  # nothing new since
+
+
+def test_a_job_queued_past_its_deadline_fails_instead_of_starting(
+    queue: JobQueue, clock: FakeClock
+) -> None:
+    late = submit_job(queue, deadline_at=clock() + 10, webhook=HOOK)
+    timely = submit_job(queue, deadline_at=clock() + 100)
+    clock.advance(11)
+    [job] = queue.claim("w1", lease_s=LEASE)
+    assert job.id == timely
+    failed = queue.get(late)
+    assert failed is not None and failed.status is JobStatus.FAILED
+    assert failed.error == DEADLINE_ERROR and failed.started_at is None
+    assert [e.job_id for e in queue.claim_webhooks(limit=10, lease_s=60)] == [late]
+
+
+def test_a_repeated_track_id_returns_the_first_job(queue: JobQueue, clock: FakeClock) -> None:
+    first = submit_job(queue, track_id="order-1", dedupe_since=clock() - 60)
+    clock.advance(10)
+    assert submit_job(queue, track_id="order-1", dedupe_since=clock() - 60) == first
+    other_key = submit_job(queue, owner="key_b", track_id="order-1", dedupe_since=clock() - 60)
+    assert other_key != first
+    assert submit_job(queue, track_id="order-2", dedupe_since=clock() - 60) != first
+    clock.advance(100)  # outside the window: a new job
+    assert submit_job(queue, track_id="order-1", dedupe_since=clock() - 60) != first
+    assert submit_job(queue, track_id="order-1") != first  # no window asked: never de-duplicated
+
+
+def test_concurrent_repeats_of_a_track_id_make_one_job(queue: JobQueue, clock: FakeClock) -> None:
+    ids: list[int] = []
+    lock = threading.Lock()
+
+    def repeat() -> None:
+        job_id = submit_job(queue, track_id="same", dedupe_since=clock() - 60)
+        with lock:
+            ids.append(job_id)
+
+    threads = [threading.Thread(target=repeat) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ids) == 8 and len(set(ids)) == 1
+
+
+def test_running_lists_the_jobs_being_generated(queue: JobQueue) -> None:
+    a, b, queued = submit_job(queue), submit_job(queue), submit_job(queue)
+    queue.claim("w1", lease_s=LEASE, images=2)
+    assert [j.id for j in queue.running(limit=10)] == [a, b]
+    assert [j.id for j in queue.running(limit=1)] == [a]
+    assert queued not in [j.id for j in queue.running(limit=10)]
+
+
+def test_recent_lists_one_owners_jobs_newest_first(queue: JobQueue) -> None:
+    mine = [submit_job(queue) for _ in range(3)]
+    submit_job(queue, owner="key_b")
+    assert [j.id for j in queue.recent("key_a", limit=10)] == mine[::-1]
+    assert [j.id for j in queue.recent("key_a", limit=2)] == mine[:0:-1]
+    assert queue.recent("nobody", limit=10) == []
+
+
+def test_caps_on_live_jobs_refuse_without_enqueueing(queue: JobQueue) -> None:
+    for _ in range(2):
+        submit_job(queue, owner_cap=2)
+    with pytest.raises(QueueFull) as caught:
+        submit_job(queue, owner_cap=2)
+    assert (caught.value.scope, caught.value.limit) == ("key", 2)
+    assert submit_job(queue, owner="key_b", owner_cap=2)  # another key has its own count
+    with pytest.raises(QueueFull) as caught:
+        submit_job(queue, owner="key_c", queue_cap=3)
+    assert caught.value.scope == "server"
+    [job] = queue.claim("w", lease_s=LEASE)  # running still counts; ended does not
+    with pytest.raises(QueueFull):
+        submit_job(queue, owner_cap=2)
+    queue.complete(job.id, job.lease_id or "", generation_seconds=1)
+    assert submit_job(queue, owner_cap=2)
+    assert queue.stats().queued == 3
+
+
+def test_concurrent_submissions_never_pass_the_owners_cap(queue: JobQueue) -> None:
+    accepted: list[int] = []
+    lock = threading.Lock()
+
+    def try_submit() -> None:
+        try:
+            job_id = submit_job(queue, owner_cap=3)
+        except QueueFull:
+            return
+        with lock:
+            accepted.append(job_id)
+
+    threads = [threading.Thread(target=try_submit) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(accepted) == 3
+
+
+def test_a_released_lease_puts_its_jobs_back_without_counting_the_attempt(
+    queue: JobQueue,
+) -> None:
+    kept, cancelled = submit_job(queue, webhook=HOOK), submit_job(queue, webhook=HOOK)
+    claimed = queue.claim("w1", lease_s=LEASE, images=2)
+    lease = claimed[0].lease_id or ""
+    queue.cancel(cancelled)
+    assert queue.release(lease) == [kept]
+    job = queue.get(kept)
+    assert job is not None and job.status is JobStatus.QUEUED and job.attempts == 0
+    assert job.lease_id is None and job.started_at is None
+    assert queue.get(cancelled).status is JobStatus.CANCELLED  # type: ignore[union-attr]
+    assert queue.heartbeat(lease, lease_s=LEASE) == 0  # the lease holds nothing any more
+    assert not queue.complete(kept, lease, generation_seconds=1)
+    assert [j.id for j in queue.claim("w2", lease_s=LEASE)] == [kept]

@@ -1,0 +1,33 @@
+"""PostgreSQL: the Retention port (ended jobs due for removal, and forgetting them)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sdapi.jobs import Job
+from sdapi.queue.postgres.common import PostgresBase
+from sdapi.queue.rows import (
+    EXPIRABLE,
+    EXPIRE,
+    FORGET_EVENTS,
+    FORGET_JOBS,
+    job_from_row,
+)
+
+
+class PostgresRetention(PostgresBase):
+    def expirable(self, *, finished_before: float | None, limit: int) -> list[Job]:
+        cutoff = -1.0 if finished_before is None else finished_before
+        with self.db.connection() as conn:
+            rows = conn.execute(EXPIRABLE.format(p="%s"), (self.clock(), cutoff, limit)).fetchall()
+        return [job_from_row(row) for row in rows]
+
+    def expire(self, job_ids: Sequence[int]) -> None:
+        with self.db.transaction() as conn:
+            for job_id in job_ids:
+                conn.execute(EXPIRE.format(p="%s"), (job_id,))
+
+    def forget(self, *, finished_before: float, limit: int) -> int:
+        with self.db.transaction() as conn:
+            conn.execute(FORGET_EVENTS.format(p="%s"), (finished_before, limit))
+            return conn.execute(FORGET_JOBS.format(p="%s"), (finished_before, limit)).rowcount
